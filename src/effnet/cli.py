@@ -1,0 +1,76 @@
+"""Entry-point glue between Hydra and effnet; imports no torch, so --help and errors are instant.
+
+Config and data problems end as one line on stderr with exit status 2. HYDRA_FULL_ERROR=1
+brings back Hydra's full traceback for debugging.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from effnet import runs
+from effnet.config import validate
+from effnet.errors import exit_with, one_line
+
+
+class ValidateBeforeRun(Callback):
+    """Hydra calls this after composing the config and before making the run folder.
+
+    Hydra turns exceptions from callbacks into warnings and carries on, so a bad value leaves
+    through SystemExit: nothing is written.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _validate_or_exit(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _validate_or_exit(config)
+
+
+def _validate_or_exit(config: DictConfig) -> None:
+    try:
+        validate(config)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)
+
+
+def register_resolvers() -> None:
+    for name, fn in (
+        ("effnet_run_dir", runs.run_dir_for),
+        ("effnet_log_file", runs.log_file),
+        ("effnet_rank_zero", runs.rank_zero_only),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def train_task(cfg: DictConfig) -> float:
+    validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
+    from effnet.train import run  # the heavy imports start here
+
+    summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return summary["best_val_acc"]
+
+
+def main(config_dir: Path, config_name: str, task=train_task) -> None:
+    """Run a Hydra app, turning the errors a user can fix into one line."""
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    register_resolvers()
+    app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
+    try:
+        app()
+    except Exception as exc:
+        message = None if show_traceback else one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)

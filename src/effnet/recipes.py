@@ -1,0 +1,138 @@
+"""Recipe arithmetic: which data-size row applies, and how a GPU tier splits the batch.
+
+The numbers live in YAML (conf/data_size, conf/gpu, conf/model); the rules that combine them
+live here, in plain functions with unit tests. Nothing in this module imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# The data-size recipes are EfficientNet-B0 recipes: B0's paper dropout is their reference point.
+REFERENCE_DROPOUT = 0.2
+MAX_DROPOUT = 0.5
+AUG_LEVELS = ("light", "standard", "heavy")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data_size: str
+    lr: float
+    epochs: int
+    batch_size: int
+    dropout: float
+    aug: str
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How `batch_size` is reached: micro_batch x accumulate x devices == batch_size."""
+
+    batch_size: int
+    devices: int
+    micro_batch: int
+    accumulate: int
+    grad_checkpointing: bool
+    capacity: int | None  # the micro-batch the tier can hold; None = no ceiling (cpu)
+
+
+def pick_data_size(rows: Mapping[str, Mapping], num_images: int) -> str:
+    """The first row (by max_images, smallest first) whose max_images is above num_images."""
+    bounded = sorted((r["max_images"], name) for name, r in rows.items() if r["max_images"] is not None)
+    for max_images, name in bounded:
+        if num_images < max_images:
+            return name
+    unbounded = [name for name, r in rows.items() if r["max_images"] is None]
+    return unbounded[0] if unbounded else bounded[-1][1]
+
+
+def head_dropout(row_dropout: float, model_dropout: float) -> float:
+    """Shift the variant's own dropout by what the B0 recipe adds or removes, capped at 0.5.
+
+    B0 gets the row's number exactly; B4 (paper 0.4) on small data (0.3 = B0 + 0.1) gets 0.5.
+    """
+    return round(min(max(model_dropout + row_dropout - REFERENCE_DROPOUT, 0.0), MAX_DROPOUT), 4)
+
+
+def resolve_recipe(
+    overrides: Mapping, row_name: str, row: Mapping, model_dropout: float
+) -> Recipe:
+    """Top-level values (user or preset) win; the row fills what is left (null)."""
+
+    def pick(key):
+        return overrides.get(key) if overrides.get(key) is not None else row[key]
+
+    dropout = overrides.get("dropout")
+    if dropout is None:
+        dropout = head_dropout(row["dropout"], model_dropout)
+    return Recipe(
+        data_size=row_name,
+        lr=float(pick("lr")),
+        epochs=int(pick("epochs")),
+        batch_size=int(pick("batch_size")),
+        dropout=float(dropout),
+        aug=str(pick("aug")),
+    )
+
+
+def micro_batch_capacity(b0_batch: int, memory_factor: float, image_size: int) -> int:
+    """What fits on the tier: B0's 224 px micro-batch scaled by activation memory (~ res^2 x model)."""
+    scale = memory_factor * (image_size / 224) ** 2
+    return max(1, math.floor(b0_batch / scale))
+
+
+def plan_batches(
+    batch_size: int,
+    devices: int,
+    *,
+    b0_batch: int | None,
+    memory_factor: float,
+    image_size: int,
+    min_micro_batch: int = 8,
+    checkpointing_gain: float = 3.0,
+    grad_checkpointing: bool | None = None,
+) -> BatchPlan:
+    """Split the effective batch over devices and accumulation steps within the tier's memory.
+
+    The micro-batch is the largest divisor of the per-device batch that fits, so the effective batch
+    is exactly `batch_size`. When even `min_micro_batch` images do not fit (batch norm gets noisy
+    below that), gradient checkpointing is turned on unless the user said grad_checkpointing=false.
+    """
+    if batch_size % devices:
+        lower, upper = (batch_size // devices) * devices, (batch_size // devices + 1) * devices
+        options = " or ".join(str(b) for b in (lower, upper) if b > 0)
+        raise ValueError(f"batch_size={batch_size} cannot be split evenly over {devices} devices; use batch_size={options}")
+    per_device = batch_size // devices
+    if b0_batch is None:
+        return BatchPlan(batch_size, devices, per_device, 1, bool(grad_checkpointing), None)
+    capacity = micro_batch_capacity(b0_batch, memory_factor, image_size)
+    checkpointing = grad_checkpointing
+    if checkpointing is None:
+        checkpointing = capacity < min(min_micro_batch, per_device)
+    if checkpointing:
+        capacity = max(1, math.floor(capacity * checkpointing_gain))
+    micro = max(d for d in range(1, per_device + 1) if per_device % d == 0 and d <= capacity)
+    return BatchPlan(batch_size, devices, micro, per_device // micro, bool(checkpointing), capacity)
+
+
+def pick_tier(tiers: Mapping[str, Mapping], memory_bytes: int | None) -> str:
+    """The largest tier whose memory_gb the device has (5% slack for what drivers reserve)."""
+    if not memory_bytes:
+        return "cpu"
+    fitting = [
+        (t["memory_gb"], name)
+        for name, t in tiers.items()
+        if t["memory_gb"] is not None and t["memory_gb"] * 0.95 <= memory_bytes / 1e9
+    ]
+    return max(fitting)[1] if fitting else min((t["memory_gb"], n) for n, t in tiers.items() if t["memory_gb"])[1]
+
+
+def pick_precision(user_precision: str | int | None, on_cuda: bool, bf16_supported: bool) -> str:
+    """bf16-mixed where the GPU supports it, else 16-mixed; full precision on CPU. The user wins."""
+    if user_precision is not None:
+        return str(user_precision)
+    if not on_cuda:
+        return "32-true"
+    return "bf16-mixed" if bf16_supported else "16-mixed"
