@@ -109,7 +109,7 @@ def quiet_libraries() -> None:
     """Lightning logs through its own handler and the root one (Hydra's console and train.log):
     keep the root one, so each line shows once and lands in the log file. Silence warnings that
     are about effnet's deliberate choices, not the user's run."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     for message in (
