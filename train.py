@@ -1,7 +1,7 @@
 """Fine-tune an EfficientNet on a folder of images.
 
-    python train.py data.root=~/photos preset=small gpu=8gb
-    python train.py --help
+python train.py data.root=~/photos preset=small gpu=8gb
+python train.py --help
 """
 
 from pathlib import Path

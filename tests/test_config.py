@@ -30,8 +30,14 @@ def test_every_option_composes_and_validates(group, option, flat_folder):
 
 def test_model_variants_carry_their_paper_size_and_dropout():
     expected = {
-        "b0": (224, 0.2), "b1": (240, 0.2), "b2": (260, 0.3), "b3": (300, 0.3),
-        "b4": (380, 0.4), "b5": (456, 0.4), "b6": (528, 0.5), "b7": (600, 0.5),
+        "b0": (224, 0.2),
+        "b1": (240, 0.2),
+        "b2": (260, 0.3),
+        "b3": (300, 0.3),
+        "b4": (380, 0.4),
+        "b5": (456, 0.4),
+        "b6": (528, 0.5),
+        "b7": (600, 0.5),
     }
     for name, (size, dropout) in expected.items():
         model = compose_cfg([f"model={name}"]).model
@@ -76,9 +82,18 @@ CLI_CASES = [
     (["data.root={root}", "batch_size=0"], "batch_size=0: must be an integer >= 1"),
     (["data.root={root}", "preset=huge"], "preset=huge: unknown option; choose one of: cloud, edge, large"),
     (["data.root={root}", "model=b9"], "model=b9: unknown option; choose one of: b0, b1"),
-    (["data.root={root}", "gpu=12gb"], "gpu=12gb: unknown option; choose one of: 16gb, 24gb, 40gb, 4gb, 80gb, 8gb, auto, cpu"),
-    (["data.root={root}", "lrr=1e-3"], "unknown key 'lrr' (did you mean lr?); to add a new key write +lrr=1e-3"),
-    (["data.root={root}", "model.pretraind=false"], "unknown key 'model.pretraind' (did you mean pretrained?)"),
+    (
+        ["data.root={root}", "gpu=12gb"],
+        "gpu=12gb: unknown option; choose one of: 16gb, 24gb, 40gb, 4gb, 80gb, 8gb, auto, cpu",
+    ),
+    (
+        ["data.root={root}", "lrr=1e-3"],
+        "unknown key 'lrr' (did you mean lr?); to add a new key write +lrr=1e-3",
+    ),
+    (
+        ["data.root={root}", "model.pretraind=false"],
+        "unknown key 'model.pretraind' (did you mean pretrained?)",
+    ),
     (["data.root={root}", "ckpt_path=last"], "ckpt_path=last: no outputs/train/*/checkpoints/last.ckpt"),
     (["data.root={root}", "model.weights=/nope.pth"], "model.weights=/nope.pth: file not found"),
 ]

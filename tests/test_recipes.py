@@ -21,8 +21,16 @@ def test_data_size_rows_hold_the_recommended_numbers(name):
 
 @pytest.mark.parametrize(
     "images, expected",
-    [(10, "small"), (999, "small"), (1000, "medium"), (4999, "medium"), (5000, "large"), (19999, "large"),
-     (20000, "xlarge"), (10**6, "xlarge")],
+    [
+        (10, "small"),
+        (999, "small"),
+        (1000, "medium"),
+        (4999, "medium"),
+        (5000, "large"),
+        (19999, "large"),
+        (20000, "xlarge"),
+        (10**6, "xlarge"),
+    ],
 )
 def test_auto_picks_the_row_by_image_count(images, expected):
     rows = compose_cfg([]).data_size.rows
@@ -42,11 +50,17 @@ def test_auto_picks_the_row_by_image_count(images, expected):
     ],
 )
 def test_presets_resolve_to_their_recipe_on_b0(preset, expected):
-    cfg = compose_cfg([f"preset={preset}", "model=b3"])  # the preset pins B0 ... unless the user says otherwise
+    cfg = compose_cfg(
+        [f"preset={preset}", "model=b3"]
+    )  # the preset pins B0 ... unless the user says otherwise
     assert cfg.model.backbone == "efficientnet_b3"
     cfg = compose_cfg([f"preset={preset}"])
     assert cfg.model.backbone == "efficientnet_b0"
-    row_name = cfg.data_size.name if cfg.data_size.name != "auto" else recipes.pick_data_size(cfg.data_size.rows, 3000)
+    row_name = (
+        cfg.data_size.name
+        if cfg.data_size.name != "auto"
+        else recipes.pick_data_size(cfg.data_size.rows, 3000)
+    )
     row = cfg.data_size if cfg.data_size.name != "auto" else cfg.data_size.rows[row_name]
     overrides = {k: cfg[k] for k in ("lr", "epochs", "batch_size", "dropout", "aug")}
     recipe = recipes.resolve_recipe(overrides, row_name, row, cfg.model.dropout)
@@ -57,7 +71,13 @@ def test_user_values_win_over_preset_and_recipe():
     cfg = compose_cfg(["preset=small", "lr=0.01", "epochs=3", "batch_size=8", "dropout=0.05", "aug=light"])
     overrides = {k: cfg[k] for k in ("lr", "epochs", "batch_size", "dropout", "aug")}
     recipe = recipes.resolve_recipe(overrides, "small", cfg.data_size, cfg.model.dropout)
-    assert (recipe.lr, recipe.epochs, recipe.batch_size, recipe.dropout, recipe.aug) == (0.01, 3, 8, 0.05, "light")
+    assert (recipe.lr, recipe.epochs, recipe.batch_size, recipe.dropout, recipe.aug) == (
+        0.01,
+        3,
+        8,
+        0.05,
+        "light",
+    )
     cfg = compose_cfg(["preset=edge", "lr=2e-3"])
     assert cfg.lr == 2e-3 and cfg.batch_size == 16
 
@@ -110,7 +130,9 @@ def test_bigger_models_get_smaller_micro_batches_and_checkpointing_when_tight():
     assert b0 > b4 > b7 >= 1
     plan = recipes.plan_batches(16, 1, b0_batch=32, memory_factor=6.2, image_size=600)
     assert plan.grad_checkpointing and plan.micro_batch * plan.accumulate == 16
-    off = recipes.plan_batches(16, 1, b0_batch=32, memory_factor=6.2, image_size=600, grad_checkpointing=False)
+    off = recipes.plan_batches(
+        16, 1, b0_batch=32, memory_factor=6.2, image_size=600, grad_checkpointing=False
+    )
     assert not off.grad_checkpointing and off.micro_batch <= b7
 
 
@@ -120,7 +142,9 @@ def test_cpu_tier_has_no_ceiling():
 
 
 def test_indivisible_batch_names_the_alternatives():
-    with pytest.raises(ValueError, match="batch_size=16 cannot be split evenly over 3 devices; use batch_size=15 or 18"):
+    with pytest.raises(
+        ValueError, match="batch_size=16 cannot be split evenly over 3 devices; use batch_size=15 or 18"
+    ):
         recipes.plan_batches(16, 3, b0_batch=32, memory_factor=1.0, image_size=224)
 
 

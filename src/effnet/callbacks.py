@@ -50,7 +50,9 @@ class Throughput(Callback):
         self._images += len(batch[0]) * trainer.world_size
         elapsed = time.perf_counter() - self._start
         if elapsed > 0:
-            pl_module.log("img_s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            pl_module.log(
+                "img_s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         rate = self._images / max(time.perf_counter() - self._start, 1e-9)
@@ -94,7 +96,8 @@ class PlainProgress(ProgressBar):
             metrics = self.get_metrics(trainer, pl_module)
             self._print(
                 f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-                f"batch {batch_idx + 1}/{self.total_train_batches}  " + _fmt(metrics, ("train/loss_step", "img_s"))
+                f"batch {batch_idx + 1}/{self.total_train_batches}  "
+                + _fmt(metrics, ("train/loss_step", "img_s"))
             )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

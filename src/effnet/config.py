@@ -16,7 +16,17 @@ from effnet import folders, runs
 from effnet.errors import UserError
 from effnet.recipes import AUG_LEVELS
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", "transformer-engine")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
@@ -59,7 +69,12 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("seed", int_at_least(0), "an integer >= 0", False),
     ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.2", False),
     ("data.num_workers", lambda v: v == "auto" or (_is_int(v) and v >= 0), "auto or an integer >= 0", False),
-    ("model.backbone", lambda v: isinstance(v, str) and v != "", "a timm model name, e.g. efficientnet_b0", False),
+    (
+        "model.backbone",
+        lambda v: isinstance(v, str) and v != "",
+        "a timm model name, e.g. efficientnet_b0",
+        False,
+    ),
     ("model.image_size", int_at_least(16), "an integer >= 16", False),
     ("model.dropout", in_range(0, 1), "a number in [0, 1)", False),
     ("model.drop_path", in_range(0, 1), "a number in [0, 1)", False),
@@ -104,8 +119,15 @@ def _check_rows(cfg: DictConfig) -> None:
 
 def _check_devices(cfg: DictConfig) -> None:
     devices = cfg.trainer.devices
-    if not (devices == "auto" or (_is_int(devices) and devices >= 1) or OmegaConf.is_list(devices) or devices == -1):
-        raise UserError(f"trainer.devices={devices}: must be auto, -1, an integer >= 1 or a list of device ids")
+    if not (
+        devices == "auto"
+        or (_is_int(devices) and devices >= 1)
+        or OmegaConf.is_list(devices)
+        or devices == -1
+    ):
+        raise UserError(
+            f"trainer.devices={devices}: must be auto, -1, an integer >= 1 or a list of device ids"
+        )
 
 
 def _check_paths(cfg: DictConfig) -> None:

@@ -90,7 +90,9 @@ class ImageDataModule(L.LightningDataModule):
         # A random crop keeping `scale[0]` of the area needs 1/sqrt(scale[0]) times the output size.
         train_decode = math.ceil(image_size / math.sqrt(level["scale"][0]))
         eval_decode = math.ceil(image_size / crop_pct)
-        self.train_set = ImageList(split.train, train_transform(image_size, level, interpolation), train_decode)
+        self.train_set = ImageList(
+            split.train, train_transform(image_size, level, interpolation), train_decode
+        )
         eval_tf = eval_transform(image_size, crop_pct, interpolation)
         self.val_set = ImageList(split.val, eval_tf, eval_decode)
         self.test_set = ImageList(split.test, eval_tf, eval_decode)

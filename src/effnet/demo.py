@@ -50,8 +50,12 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
             dx, dy = math.cos(a), math.sin(a)
             px, py = -dy * w, dx * w
             draw.polygon(
-                [(cx - dx * r + px, cy - dy * r + py), (cx + dx * r + px, cy + dy * r + py),
-                 (cx + dx * r - px, cy + dy * r - py), (cx - dx * r - px, cy - dy * r - py)],
+                [
+                    (cx - dx * r + px, cy - dy * r + py),
+                    (cx + dx * r + px, cy + dy * r + py),
+                    (cx + dx * r - px, cy + dy * r - py),
+                    (cx - dx * r - px, cy - dy * r - py),
+                ],
                 fill=colour,
             )
     else:

@@ -33,7 +33,7 @@ def _unknown_option(exc) -> str:
 def _unknown_key(exc, override: str) -> str:
     key = str(getattr(exc, "full_key", "") or getattr(exc, "key", ""))
     parent = getattr(exc, "parent_node", None)
-    known = [str(k) for k in parent.keys()] if parent is not None and hasattr(parent, "keys") else []
+    known = [str(k) for k in parent] if parent is not None and hasattr(parent, "keys") else []
     leaf = key.rpartition(".")[2]
     close = difflib.get_close_matches(leaf, known, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"known keys here: {', '.join(sorted(known))}"

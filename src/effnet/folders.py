@@ -82,7 +82,9 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42)
     """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.root={root}: folder not found; point data.root at a folder of class subfolders")
+        raise UserError(
+            f"data.root={root}: folder not found; point data.root at a folder of class subfolders"
+        )
     train_dir, val_dir = root / "train", _subfolder(root, VAL_NAMES)
     held_out = not train_dir.is_dir()
     train_by_class = scan_classes(root if held_out else train_dir)
@@ -110,7 +112,9 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42)
                 "add them to train/ or remove them from the validation folder"
             )
     test_dir = root / "test"
-    test_by_class = {c: p for c, p in scan_classes(test_dir).items() if c in classes} if test_dir.is_dir() else {}
+    test_by_class = (
+        {c: p for c, p in scan_classes(test_dir).items() if c in classes} if test_dir.is_dir() else {}
+    )
     return Split(
         root=str(root),
         classes=classes,

@@ -39,13 +39,17 @@ def create_backbone(name: str, drop_path: float = 0.0, image_size: int | None = 
         if "Unknown model" not in str(exc):
             raise
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise UserError(f"model.backbone={name}: not a timm model; similar names: {', '.join(close)}") from exc
+        raise UserError(
+            f"model.backbone={name}: not a timm model; similar names: {', '.join(close)}"
+        ) from exc
 
 
 class Head(nn.Sequential):
     """Optional hidden layers, then dropout and the classifier."""
 
-    def __init__(self, in_features: int, num_classes: int, dropout: float, hidden: Sequence[int] = ()) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, dropout: float, hidden: Sequence[int] = ()
+    ) -> None:
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(in_features, width), nn.SiLU(inplace=True), nn.Dropout(dropout)]
@@ -57,7 +61,9 @@ class Head(nn.Sequential):
 class Classifier(nn.Module):
     """backbone -> head; a plain nn.Module so it exports as it is."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, hidden: Sequence[int] = ()) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, dropout: float, hidden: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
@@ -124,7 +130,9 @@ def load_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
     report.loaded = len(usable)
     report.missing = [k for k in own if k not in usable and k not in report.mismatched]
     if not usable:
-        raise UserError(f"model.weights={path}: no tensor matches {backbone.pretrained_cfg.get('architecture')}")
+        raise UserError(
+            f"model.weights={path}: no tensor matches {backbone.pretrained_cfg.get('architecture')}"
+        )
     return report
 
 
@@ -138,7 +146,10 @@ def load_pretrained(backbone: nn.Module, name: str) -> LoadReport:
             "offline, pass model.weights=/path/to/file (.safetensors/.pth/.bin) or model.pretrained=false"
         ) from exc
     backbone.load_state_dict(pretrained.state_dict())
-    return LoadReport(source=f"hub:{pretrained.pretrained_cfg.get('hf_hub_id') or name}", loaded=len(pretrained.state_dict()))
+    return LoadReport(
+        source=f"hub:{pretrained.pretrained_cfg.get('hf_hub_id') or name}",
+        loaded=len(pretrained.state_dict()),
+    )
 
 
 class ClassifierModule(L.LightningModule):
@@ -171,15 +182,22 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         num_classes = len(classes)
-        self.net = Classifier(create_backbone(backbone, drop_path, image_size), num_classes, dropout, list(hidden))
+        self.net = Classifier(
+            create_backbone(backbone, drop_path, image_size), num_classes, dropout, list(hidden)
+        )
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         self.mixup = None
         if mixup > 0 or cutmix > 0:
             self.mixup = Mixup(
-                mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
             )
-        self.train_loss = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_loss = (
+            SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        )
         self.eval_loss = nn.CrossEntropyLoss()
         self.erase = RandomErasing(erase_prob, mode="pixel", device="cpu") if erase_prob > 0 else None
         self.ema = None
@@ -187,7 +205,9 @@ class ClassifierModule(L.LightningModule):
             self.ema = ModelEmaV3(self.net, decay=ema_decay, use_warmup=True)
             self.ema.requires_grad_(False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+        self.val_acc5 = (
+            MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -225,7 +245,9 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
         logits = self._eval_model()(images)
-        self.log("val/loss", self.eval_loss(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(images))
+        self.log(
+            "val/loss", self.eval_loss(logits, labels), on_epoch=True, sync_dist=True, batch_size=len(images)
+        )
         self.val_acc(logits, labels)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(images))
         if self.val_acc5 is not None:

@@ -56,9 +56,7 @@ def head_dropout(row_dropout: float, model_dropout: float) -> float:
     return round(min(max(model_dropout + row_dropout - REFERENCE_DROPOUT, 0.0), MAX_DROPOUT), 4)
 
 
-def resolve_recipe(
-    overrides: Mapping, row_name: str, row: Mapping, model_dropout: float
-) -> Recipe:
+def resolve_recipe(overrides: Mapping, row_name: str, row: Mapping, model_dropout: float) -> Recipe:
     """Top-level values (user or preset) win; the row fills what is left (null)."""
 
     def pick(key):
@@ -103,7 +101,9 @@ def plan_batches(
     if batch_size % devices:
         lower, upper = (batch_size // devices) * devices, (batch_size // devices + 1) * devices
         options = " or ".join(str(b) for b in (lower, upper) if b > 0)
-        raise ValueError(f"batch_size={batch_size} cannot be split evenly over {devices} devices; use batch_size={options}")
+        raise ValueError(
+            f"batch_size={batch_size} cannot be split evenly over {devices} devices; use batch_size={options}"
+        )
     per_device = batch_size // devices
     if b0_batch is None:
         return BatchPlan(batch_size, devices, per_device, 1, bool(grad_checkpointing), None)
@@ -126,7 +126,11 @@ def pick_tier(tiers: Mapping[str, Mapping], memory_bytes: int | None) -> str:
         for name, t in tiers.items()
         if t["memory_gb"] is not None and t["memory_gb"] * 0.95 <= memory_bytes / 1e9
     ]
-    return max(fitting)[1] if fitting else min((t["memory_gb"], n) for n, t in tiers.items() if t["memory_gb"])[1]
+    return (
+        max(fitting)[1]
+        if fitting
+        else min((t["memory_gb"], n) for n, t in tiers.items() if t["memory_gb"])[1]
+    )
 
 
 def pick_precision(user_precision: str | int | None, on_cuda: bool, bf16_supported: bool) -> str:

@@ -42,13 +42,17 @@ def find_checkpoint(ckpt_path: str) -> Path:
     if ckpt_path == "last":
         candidates = sorted(RUNS_ROOT.glob(f"*/{CHECKPOINTS}/{LAST}"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise UserError(f"ckpt_path=last: no {RUNS_ROOT}/*/{CHECKPOINTS}/{LAST} to resume from in {Path.cwd()}")
+            raise UserError(
+                f"ckpt_path=last: no {RUNS_ROOT}/*/{CHECKPOINTS}/{LAST} to resume from in {Path.cwd()}"
+            )
         return candidates[-1]
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
         path = path / CHECKPOINTS / LAST
     if not path.is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; pass a .ckpt file, a run folder or 'last'")
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no checkpoint at {path}; pass a .ckpt file, a run folder or 'last'"
+        )
     return path
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,16 +20,10 @@ from effnet import folders, recipes, runs
 from effnet.callbacks import BestEpoch, FreezeBackbone, Throughput, progress_bar, write_json
 from effnet.data import ImageDataModule, default_workers
 from effnet.errors import UserError
+from effnet.loggers import build_loggers
 from effnet.model import ClassifierModule, load_pretrained, load_weights
 
 log = logging.getLogger("effnet")
-
-# What each logger needs to write inside the run folder rather than somewhere of its own.
-LOGGER_PLACEMENT = {
-    "CSVLogger": {"name": "", "version": ""},
-    "TensorBoardLogger": {"name": "tensorboard", "version": ""},
-    "WandbLogger": {},
-}
 
 
 def on_cuda(accelerator: str) -> bool:
@@ -69,7 +62,9 @@ def choose_recipe(cfg: DictConfig, num_train: int) -> recipes.Recipe:
         if num_train < cfg.data_size.min_images:
             log.warning(
                 "only %d training images: fewer than the %d recommended for fine-tuning; "
-                "expect a noisy validation score", num_train, cfg.data_size.min_images
+                "expect a noisy validation score",
+                num_train,
+                cfg.data_size.min_images,
             )
     else:
         name, row = cfg.data_size.name, cfg.data_size
@@ -80,21 +75,13 @@ def choose_recipe(cfg: DictConfig, num_train: int) -> recipes.Recipe:
 def choose_tier(cfg: DictConfig, cuda: bool) -> DictConfig:
     if cfg.gpu.name != "auto":
         if cfg.gpu.name != "cpu" and not cuda:
-            log.warning("gpu=%s but no CUDA device is in use: training on the CPU with that tier's batch plan", cfg.gpu.name)
+            log.warning(
+                "gpu=%s but no CUDA device is in use: training on the CPU with that tier's batch plan",
+                cfg.gpu.name,
+            )
         return cfg.gpu
     memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
     return cfg.gpu.tiers[recipes.pick_tier(cfg.gpu.tiers, memory)]
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> list:
-    loggers = []
-    for conf in (cfg.logger or {}).values():
-        kind = conf._target_.rsplit(".", 1)[-1]
-        extra = dict(LOGGER_PLACEMENT.get(kind, {}), save_dir=str(run_dir))
-        if kind == "WandbLogger":
-            extra.update(name=conf.get("name") or run_dir.name, config=resolved)
-        loggers.append(instantiate(conf, **extra))
-    return loggers
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
@@ -113,7 +100,6 @@ def quiet_libraries() -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     for message in (
-        ".*Experiment logs directory .* exists and is not empty.*",
         ".*overridden `on_after_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`.*",
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         ".*does not have many workers which may be a bottleneck.*",
@@ -173,7 +159,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         ema_decay=cfg.model.ema_decay if cfg.model.ema else None,
         channels_last=cfg.model.channels_last if cfg.model.channels_last is not None else cuda,
     )
-    module.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)  # FLOPs in the model summary
+    module.example_input_array = torch.zeros(
+        1, 3, image_size, image_size, dtype=torch.uint8
+    )  # FLOPs in the model summary
     backbone = module.net.backbone
     data_cfg = backbone.pretrained_cfg
     if checkpoint is None:  # a resumed run gets its weights from the checkpoint
@@ -239,12 +227,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         filename="best",
         monitor="val/acc",
         mode="max",
-        save_last=True,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
+    # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
+    latest = ModelCheckpoint(
+        dirpath=run_dir / runs.CHECKPOINTS, filename="last", save_top_k=1, enable_version_counter=False
+    )
     throughput, best_epoch = Throughput(), BestEpoch()
-    callbacks = [checkpointing, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
+    callbacks = [checkpointing, latest, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
     loggers = build_loggers(cfg, run_dir, resolved)
@@ -264,7 +255,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     epoch, best = best_epoch.best
     summary = {
         **resolved,
-        "best_val_acc": best if checkpointing.best_model_score is None else float(checkpointing.best_model_score),
+        "best_val_acc": best
+        if checkpointing.best_model_score is None
+        else float(checkpointing.best_model_score),
         "best_epoch": None if epoch is None else epoch + 1,
         "best_checkpoint": checkpointing.best_model_path,
         "last_checkpoint": str(run_dir / runs.CHECKPOINTS / runs.LAST),
@@ -290,9 +283,12 @@ def print_summary(summary: dict) -> None:
         ("best val top-1", "n/a" if acc is None else f"{acc:.4f} (epoch {summary['best_epoch']})"),
         ("best checkpoint", summary["best_checkpoint"] or "none"),
         ("model", f"{summary['model']} @ {summary['image_size']} px, {summary['num_classes']} classes"),
-        ("recipe", f"{summary['data_size']}: lr {summary['lr']}, {summary['epochs']} epochs, batch {summary['batch_size']}"
-         f" ({summary['micro_batch_size']} x {summary['accumulate_grad_batches']} x {summary['devices']}), "
-         f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}"),
+        (
+            "recipe",
+            f"{summary['data_size']}: lr {summary['lr']}, {summary['epochs']} epochs, batch {summary['batch_size']}"
+            f" ({summary['micro_batch_size']} x {summary['accumulate_grad_batches']} x {summary['devices']}), "
+            f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}",
+        ),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
         ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s"),
         ("run folder", summary["run_dir"]),
