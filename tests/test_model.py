@@ -1,4 +1,5 @@
 import pickle
+import time
 
 import pytest
 import timm
@@ -86,6 +87,15 @@ def test_pretrained_offline_is_one_clear_line(monkeypatch):
         UserError, match=r"model.pretrained=true: cannot fetch .* pass model.weights=/path/to/file"
     ):
         load_pretrained(create_backbone("efficientnet_b0"), "efficientnet_b0")
+
+
+def test_unreachable_hub_fails_in_seconds(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="the hub is unreachable .*model.weights=/path/to/file"):
+        load_pretrained(create_backbone("efficientnet_b0"), "efficientnet_b0")
+    assert time.perf_counter() - started < 10
 
 
 def test_timm_sync_batchnorm_keeps_the_activation():

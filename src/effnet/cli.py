@@ -12,11 +12,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import runs
 from effnet.config import validate
-from effnet.errors import exit_with, one_line
+from effnet.errors import UserError, exit_with, one_line
 
 
 class ValidateBeforeRun(Callback):
@@ -57,7 +58,13 @@ def train_task(cfg: DictConfig) -> float:
     validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
     from effnet.train import run  # the heavy imports start here
 
-    summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
+    except UserError as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job; the sweep decides whether to go on
+        exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
     return summary["best_val_acc"]
 
 

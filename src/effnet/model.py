@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import lightning as L
 import timm
@@ -136,14 +139,31 @@ def load_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
     return report
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub: huggingface_hub itself retries for ~45 s before giving up."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_pretrained(backbone: nn.Module, name: str) -> LoadReport:
-    """ImageNet weights from the hub (or its local cache). Offline: one line saying what to do."""
+    """ImageNet weights from the hub, or from its local cache with HF_HUB_OFFLINE=1.
+    Offline without a cache: one line saying what to do, in seconds rather than a minute."""
+    offline_fix = (
+        "pass model.weights=/path/to/file (.safetensors/.pth/.bin), set HF_HUB_OFFLINE=1 to use weights "
+        "already in the hub cache, or model.pretrained=false"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false") and not hub_reachable():
+        raise UserError(f"model.pretrained=true: the hub is unreachable (offline?); {offline_fix}")
     try:
         pretrained = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:
         raise UserError(
-            f"model.pretrained=true: cannot fetch {name} weights from the hub ({type(exc).__name__}); "
-            "offline, pass model.weights=/path/to/file (.safetensors/.pth/.bin) or model.pretrained=false"
+            f"model.pretrained=true: cannot fetch {name} weights from the hub ({type(exc).__name__}); {offline_fix}"
         ) from exc
     backbone.load_state_dict(pretrained.state_dict())
     return LoadReport(
