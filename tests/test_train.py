@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 
 import lightning as L
 import torch
@@ -34,10 +35,12 @@ def metric_rows(run_dir, key):
         return [row for row in csv.DictReader(f) if row.get(key)]
 
 
-def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path):
+def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path, caplog):
     run_dir = tmp_path / "run"
     cfg = compose_cfg([f"data.root={flat_folder}", *FAST, "epochs=2"])
-    summary = run(cfg, run_dir)
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        summary = run(cfg, run_dir)
+    assert "only 18 training images: fewer than the 500 recommended" in caplog.text
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert set(on_disk) >= SUMMARY_KEYS

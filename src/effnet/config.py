@@ -68,6 +68,7 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("image_size", int_at_least(16), "an integer >= 16 (pixels), e.g. image_size=224", True),
     ("seed", int_at_least(0), "an integer >= 0", False),
     ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.2", False),
+    ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", lambda v: v == "auto" or (_is_int(v) and v >= 0), "auto or an integer >= 0", False),
     (
         "model.backbone",

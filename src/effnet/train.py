@@ -59,15 +59,15 @@ def choose_recipe(cfg: DictConfig, num_train: int) -> recipes.Recipe:
     if cfg.data_size.name == "auto":
         name = recipes.pick_data_size(cfg.data_size.rows, num_train)
         row = cfg.data_size.rows[name]
-        if num_train < cfg.data_size.min_images:
-            log.warning(
-                "only %d training images: fewer than the %d recommended for fine-tuning; "
-                "expect a noisy validation score",
-                num_train,
-                cfg.data_size.min_images,
-            )
     else:
         name, row = cfg.data_size.name, cfg.data_size
+    if num_train < cfg.data.min_images:
+        log.warning(
+            "only %d training images: fewer than the %d recommended for fine-tuning; "
+            "expect a noisy validation score",
+            num_train,
+            cfg.data.min_images,
+        )
     overrides = {k: cfg[k] for k in ("lr", "epochs", "batch_size", "dropout", "aug")}
     return recipes.resolve_recipe(overrides, name, row, cfg.model.dropout)
 
