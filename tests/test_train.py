@@ -129,3 +129,14 @@ def test_ddp_two_processes_through_train_py(flat_folder, tmp_path):
     assert logs == ["train.log"], "only rank 0 writes a log"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert len(list(run_dir.rglob("*.ckpt"))) == 2  # best + last, once
+
+
+def test_csv_tensorboard_and_offline_wandb_write_into_the_run_folder(flat_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run(compose_cfg([f"data.root={flat_folder}", *FAST, "logger=[csv,tensorboard,wandb]"]), run_dir)
+    assert metric_rows(run_dir, "val/acc")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # What each logger needs to write inside the run folder rather than somewhere of its own.
 PLACEMENT = {
@@ -49,5 +49,6 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> list:
         extra = dict(PLACEMENT.get(kind, {}), save_dir=str(run_dir))
         if kind == "WandbLogger":
             extra.update(name=conf.get("name") or run_dir.name, config=resolved)
-        loggers.append(instantiate(conf, **extra))
+        # merged, not passed as kwargs: `config` (the W&B run config) is instantiate's own first argument
+        loggers.append(instantiate({**OmegaConf.to_container(conf, resolve=True), **extra}, _convert_="all"))
     return loggers
