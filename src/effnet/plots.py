@@ -1,0 +1,109 @@
+"""Pictures a person judges a model by, drawn to PNG with no display and no account.
+
+matplotlib is imported inside each function (through its object API, not pyplot's global state)
+so that importing effnet stays fast and plots are safe from worker threads and processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Cell numbers stop being readable past this many classes; the colours still are.
+MAX_ANNOTATED_CLASSES = 25
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
+    return path
+
+
+def _matrix_panel(ax, values: np.ndarray, classes: Sequence[str], title: str, fmt: str) -> None:
+    n = len(classes)
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(float(values.max()), 1e-9))
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels=list(classes), fontsize=8)
+    if n <= MAX_ANNOTATED_CLASSES:
+        threshold = values.max() / 2
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if values[i, j] > threshold else "black"
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", color=colour, fontsize=7)
+
+
+def confusion_matrix_png(confmat, classes: Sequence[str], path: Path) -> Path:
+    """Counts beside row-normalised rates (recall on the diagonal), class names on both axes."""
+    counts = np.asarray(confmat.detach().cpu() if hasattr(confmat, "detach") else confmat, dtype=np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    side = min(4 + 0.45 * len(classes), 14)
+    fig = _figure(2 * side + 1, side)
+    left, right = fig.subplots(1, 2)
+    _matrix_panel(left, counts, classes, f"counts ({int(counts.sum())} images)", "d")
+    _matrix_panel(right, rates, classes, "normalised by true class", ".2f")
+    return _save(fig, path)
+
+
+def _hwc(image) -> np.ndarray:
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return array.squeeze(-1) if array.shape[-1] == 1 else array
+
+
+def prediction_order(true: Sequence[int], pred: Sequence[int], confidence: Sequence[float]) -> list[int]:
+    """Misclassified first, most confident mistakes leading; then correct ones, least confident first."""
+    return sorted(
+        range(len(true)),
+        key=lambda i: (true[i] == pred[i], -confidence[i] if true[i] != pred[i] else confidence[i]),
+    )
+
+
+def predictions_png(
+    images,
+    true: Sequence[int],
+    pred: Sequence[int],
+    confidence: Sequence[float],
+    classes: Sequence[str],
+    path: Path,
+    columns: int = 8,
+) -> Path:
+    """A grid of images titled true/predicted/confidence, mistakes in red and first."""
+    order = prediction_order(true, pred, confidence)
+    columns = max(1, min(columns, len(order)))
+    rows = max(1, math.ceil(len(order) / columns))
+    fig = _figure(2.0 * columns, 2.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, order, strict=False):  # the last row may have spare axes
+        ax.imshow(_hwc(images[i]))
+        wrong = true[i] != pred[i]
+        ax.set_title(
+            f"true {classes[true[i]]}\npred {classes[pred[i]]} {confidence[i]:.0%}",
+            fontsize=8,
+            color="tab:red" if wrong else "tab:green",
+        )
+    return _save(fig, path)
