@@ -175,7 +175,9 @@ def system_facts(trainer: L.Trainer) -> dict:
 
     device = trainer.strategy.root_device
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "accelerator": device.type,
         "precision": trainer.precision,
         "devices": trainer.num_devices,
@@ -195,7 +197,9 @@ class Dashboards(Callback):
     validation set; only `samples` of them are kept, so memory does not grow with the data.
     """
 
-    def __init__(self, run_dir: Path, classes: list[str], samples: int = 16, monitor: str = "val/acc") -> None:
+    def __init__(
+        self, run_dir: Path, classes: list[str], samples: int = 16, monitor: str = "val/acc"
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.classes = list(classes)
         self.samples = samples
@@ -210,7 +214,11 @@ class Dashboards(Callback):
     @property
     def summary(self) -> dict:
         """Fields for summary.json."""
-        return {"best_val_f1": self.best_f1, "model_size_mb": self.facts.get("size_mb"), "gflops": self.facts.get("gflops")}
+        return {
+            "best_val_f1": self.best_f1,
+            "model_size_mb": self.facts.get("size_mb"),
+            "gflops": self.facts.get("gflops"),
+        }
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -220,21 +228,29 @@ class Dashboards(Callback):
         self.facts = model_facts(pl_module)
         for logger in trainer.loggers:
             logger.log_hyperparams({"facts": self.facts, "system": system_facts(trainer)})
-        publish(trainer.loggers, trainer.global_step, summary={f"model/{k}": v for k, v in self.facts.items()})
+        publish(
+            trainer.loggers, trainer.global_step, summary={f"model/{k}": v for k, v in self.facts.items()}
+        )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._kept = []
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or not self.samples or not outputs:
             return
         from effnet.plots import prediction_order
 
         images, labels = batch
         confidence, pred = outputs["logits"].float().softmax(-1).max(-1)
-        fresh = list(zip(labels.tolist(), pred.tolist(), confidence.tolist(), range(len(labels)), strict=True))
+        fresh = list(
+            zip(labels.tolist(), pred.tolist(), confidence.tolist(), range(len(labels)), strict=True)
+        )
         candidates = self._kept + fresh
-        order = prediction_order([c[0] for c in candidates], [c[1] for c in candidates], [c[2] for c in candidates])
+        order = prediction_order(
+            [c[0] for c in candidates], [c[1] for c in candidates], [c[2] for c in candidates]
+        )
         keep = [candidates[i] for i in order[: self.samples]]
         # only the kept images leave the device, turned back into the loader's uint8 pixels
         self._kept = [
@@ -257,7 +273,9 @@ class Dashboards(Callback):
         if score is not None and (self.best is None or score > self.best):
             self.best, self.best_epoch, self.best_f1 = score, epoch, row.get("val/f1")
             self._draw_best(trainer, pl_module)
-            publish(trainer.loggers, trainer.global_step, summary={"best_val_acc": score, "best_epoch": epoch})
+            publish(
+                trainer.loggers, trainer.global_step, summary={"best_val_acc": score, "best_epoch": epoch}
+            )
         from effnet.plots import curves_png
 
         curves_png(self.history, self.run_dir / "curves.png", self.best_epoch)
@@ -271,7 +289,9 @@ class Dashboards(Callback):
         tables = {}
         confusion = pl_module.val_confusion
         if confusion is not None:
-            images["val/confusion_matrix_image"] = confusion_matrix_png(confusion, self.classes, self.run_dir / "confusion_matrix.png")
+            images["val/confusion_matrix_image"] = confusion_matrix_png(
+                confusion, self.classes, self.run_dir / "confusion_matrix.png"
+            )
             rows = per_class(confusion, self.classes)
             write_csv(self.run_dir / "per_class.csv", rows)
             tables["val/per_class"] = rows
@@ -289,11 +309,20 @@ class Dashboards(Callback):
         )
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch, "best_f1": self.best_f1}
+        return {
+            "history": self.history,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_f1": self.best_f1,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict["history"])
-        self.best, self.best_epoch, self.best_f1 = state_dict["best"], state_dict["best_epoch"], state_dict["best_f1"]
+        self.best, self.best_epoch, self.best_f1 = (
+            state_dict["best"],
+            state_dict["best_epoch"],
+            state_dict["best_f1"],
+        )
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

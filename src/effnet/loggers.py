@@ -13,7 +13,6 @@ import csv
 import logging
 import netrc
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,6 +25,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
 
+from effnet import sweeps
 from effnet.network import reachable
 
 log = logging.getLogger("effnet")
@@ -101,6 +101,15 @@ class WandbLogger(LightningWandbLogger):
             log_model = False  # nothing to upload to; the checkpoints stay in the run folder
         kwargs.setdefault("settings", wandb.Settings(silent=True))  # our one line instead of wandb's banner
         super().__init__(*args, mode=self.mode, log_model=log_model, **kwargs)
+        if not self._wandb_init.get("anonymous"):
+            self._wandb_init.pop("anonymous", None)  # wandb warns about the setting even when None
+
+    def log_hyperparams(self, params) -> None:
+        """Add what the run config lacks: the module's hparams use some of the config's top-level
+        names (`optimizer`, `scheduler`) for flat values, and must not replace its sections."""
+        params = {k: v for k, v in dict(params).items() if k not in self.experiment.config}
+        if params:
+            super().log_hyperparams(params)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         if checkpoint_callback.monitor is not None:  # best.ckpt, not last.ckpt
@@ -128,19 +137,6 @@ def finishing(loggers: list) -> Iterator[None]:
                 logger.finish(failed)
 
 
-def swept_keys(hydra_cfg: DictConfig) -> set[str]:
-    """Keys a multirun varies: comma lists on the command line and the sweeper's `params`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
-    except Exception:  # e.g. a launcher that runs jobs under its own command line
-        parsed = []
-    keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
-    params = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
-    return keys | {str(k).lstrip("+~") for k in params}
-
-
 def run_identity(run_dir: Path) -> tuple[str, str | None]:
     """(name, group): a sweep job is named by the values it sweeps and grouped by its sweep folder."""
     from hydra.core.hydra_config import HydraConfig
@@ -148,11 +144,7 @@ def run_identity(run_dir: Path) -> tuple[str, str | None]:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return run_dir.name, None
-    hydra_cfg = HydraConfig.get()
-    swept = swept_keys(hydra_cfg)
-    own = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
-    name = ",".join(own) or hydra_cfg.job.override_dirname or str(hydra_cfg.job.num)
-    return name, Path(hydra_cfg.sweep.dir).name
+    return sweeps.job_name(HydraConfig.get()), sweeps.sweep_group(HydraConfig.get())
 
 
 def run_config(cfg: DictConfig, resolved: dict) -> dict:
@@ -172,7 +164,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> list:
         if kind == "WandbLogger":
             name, group = run_identity(run_dir)
             extra.update(
-                name=conf.get("name") or name, group=conf.get("group") or group, config=run_config(cfg, resolved)
+                name=conf.get("name") or name,
+                group=conf.get("group") or group,
+                config=run_config(cfg, resolved),
             )
         # merged, not passed as kwargs: `config` (the W&B run config) is instantiate's own first argument;
         # not recursive: that config holds the loggers' own `_target_`s
@@ -189,7 +183,11 @@ def _to_wandb(logger, step, images, tables, confusion, summary) -> None:
         data[key] = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
     if confusion is not None:
         counts, classes = confusion
-        cells = [[classes[i], classes[j], int(counts[i][j])] for i in range(len(classes)) for j in range(len(classes))]
+        cells = [
+            [classes[i], classes[j], int(counts[i][j])]
+            for i in range(len(classes))
+            for j in range(len(classes))
+        ]
         data["val/confusion_matrix"] = wandb.plot_table(  # the chart wandb.plot.confusion_matrix draws
             vega_spec_name="wandb/confusion_matrix/v1",
             data_table=wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells),
@@ -204,7 +202,13 @@ def _to_wandb(logger, step, images, tables, confusion, summary) -> None:
 
 def _markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows])
+    return "\n".join(
+        lines
+        + [
+            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+            for r in rows
+        ]
+    )
 
 
 def _to_tensorboard(logger, step, images, tables, confusion, summary) -> None:
@@ -238,4 +242,11 @@ def publish(
     for logger in loggers:
         for kind, send in PUBLISHERS:
             if isinstance(logger, kind):
-                send(logger, step, images or {}, {k: v for k, v in (tables or {}).items() if v}, confusion, summary or {})
+                send(
+                    logger,
+                    step,
+                    images or {},
+                    {k: v for k, v in (tables or {}).items() if v},
+                    confusion,
+                    summary or {},
+                )

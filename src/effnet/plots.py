@@ -114,7 +114,12 @@ CURVE_PANELS = (
     ("loss", [("train/loss_epoch", "train"), ("val/loss", "val")]),
     (
         "accuracy",
-        [("train/acc", "train top-1"), ("val/acc", "val top-1"), ("val/acc5", "val top-5"), ("val/f1", "val macro F1")],
+        [
+            ("train/acc", "train top-1"),
+            ("val/acc", "val top-1"),
+            ("val/acc5", "val top-5"),
+            ("val/f1", "val macro F1"),
+        ],
     ),
     ("learning rate", [("lr", "lr")]),
 )
@@ -131,7 +136,9 @@ def curves_png(history: Sequence[dict], path: Path, best_epoch: int | None = Non
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", markersize=3, label=label)
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
+            ax.axvline(
+                best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})"
+            )
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -236,7 +236,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     throughput, best_epoch = Throughput(), BestEpoch()
     dashboards = Dashboards(run_dir, split.classes, samples=cfg.dashboards.samples)
-    callbacks = [checkpointing, latest, throughput, best_epoch, dashboards, progress_bar(), LearningRateMonitor("step")]
+    callbacks = [
+        checkpointing,
+        latest,
+        throughput,
+        best_epoch,
+        dashboards,
+        progress_bar(),
+        LearningRateMonitor("step"),
+    ]
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
     loggers = build_loggers(cfg, run_dir, resolved)
