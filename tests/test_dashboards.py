@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from effnet.loggers import RECIPE_KEYS, has_wandb_key, wandb_mode
-from effnet.plots import CURVE_PANELS
 from effnet.train import run
 from tests.conftest import FAST, compose_cfg, make_images
 from tests.wandb_records import offline_runs
@@ -20,7 +19,7 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One 2-epoch run with the CSV and W&B (offline) loggers, shared by the tests below."""
+    """One 2-epoch run with the CSV, W&B (offline) and TensorBoard loggers, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("dashboards")
     root = make_images(tmp / "data", CLASSES)
     overrides = [
@@ -132,7 +131,6 @@ def test_run_folder_has_the_same_pictures(trained):
     assert sum(int(r["support"]) for r in rows) == summary["num_val_images"]
     with open(run_dir / "metrics.csv") as f:
         assert {"val/f1", "train/acc", "val/acc5"} <= set(next(csv.reader(f)))
-    assert len(CURVE_PANELS) == 3
 
 
 def test_a_failed_run_still_finishes_its_wandb_run(flat_folder, tmp_path):
@@ -161,3 +159,17 @@ def test_wandb_goes_offline_without_a_key_or_a_server(tmp_path):
         {"HOME": str(home), "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     )
     assert mode == "offline" and "unreachable" in why
+
+
+def test_tensorboard_gets_the_same_pictures_and_tables(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, summary, run_dir, _ = trained
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    images = events.Tags()["images"]
+    assert {"val/predictions", "val/confusion_matrix_image"} <= set(images)
+    (grid,) = events.Images("val/predictions")[-1:]
+    with Image.open(run_dir / "predictions.png") as on_disk:
+        assert (grid.width, grid.height) == on_disk.size
+    assert "val/per_class" in events.Tags()["tensors"]  # add_text is stored as a tensor summary
+    assert events.Scalars("best_val_acc")[-1].value == pytest.approx(summary["best_val_acc"])

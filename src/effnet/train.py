@@ -235,16 +235,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         dirpath=run_dir / runs.CHECKPOINTS, filename="last", save_top_k=1, enable_version_counter=False
     )
     throughput, best_epoch = Throughput(), BestEpoch()
+    callbacks = [checkpointing, latest, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
     dashboards = Dashboards(run_dir, split.classes, samples=cfg.dashboards.samples)
-    callbacks = [
-        checkpointing,
-        latest,
-        throughput,
-        best_epoch,
-        dashboards,
-        progress_bar(),
-        LearningRateMonitor("step"),
-    ]
+    callbacks.append(dashboards)
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
     loggers = build_loggers(cfg, run_dir, resolved)
