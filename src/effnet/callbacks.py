@@ -15,6 +15,10 @@ import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
 
+from effnet.loggers import publish
+from effnet.metrics import per_class
+from effnet.plots import confusion_matrix_png, curves_png, prediction_order, predictions_png
+
 
 class FreezeBackbone(Callback):
     """Train only the head for the first `epochs` epochs (backbone batch norm frozen too).
@@ -190,32 +194,30 @@ def system_facts(trainer: L.Trainer) -> dict:
 class Dashboards(Callback):
     """The pictures a run is judged by, written to the run folder and sent to every logger (rank 0).
 
-    Every epoch: the epoch's losses, accuracies and lr go to curves.png. At each new best val top-1
-    (the epoch best.ckpt comes from): confusion_matrix.png from the module's torchmetrics matrix
-    (already reduced over all processes), per_class.csv, and predictions.png, a grid of `samples`
-    validation images with the mistakes first. Sample images come from rank 0's share of the
-    validation set; only `samples` of them are kept, so memory does not grow with the data.
+    Every epoch: the epoch's losses, accuracies and lr go to curves.png. At each new best epoch (as
+    BestEpoch, listed before this callback, names it; the epoch best.ckpt comes from):
+    confusion_matrix.png from the module's torchmetrics matrix (already reduced over all
+    processes), per_class.csv, and predictions.png, a grid of `samples` validation images with the
+    mistakes first. Sample images come from rank 0's share of the validation set; only `samples`
+    of them are kept, so memory does not grow with the data.
     """
 
-    def __init__(
-        self, run_dir: Path, classes: list[str], samples: int = 16, monitor: str = "val/acc"
-    ) -> None:
+    def __init__(self, run_dir: Path, classes: list[str], best: BestEpoch, samples: int = 16) -> None:
         self.run_dir = Path(run_dir)
         self.classes = list(classes)
+        self.best = best
         self.samples = samples
-        self.monitor = monitor
-        self.history: list[dict] = []
-        self.best: float | None = None
-        self.best_epoch: int | None = None  # 1-based
-        self.best_f1: float | None = None
+        self.history: list[dict] = []  # one row per epoch: CURVE_KEYS, epoch (1-based) and lr
         self.facts: dict = {}
         self._kept: list[tuple] = []  # (true, pred, confidence, uint8 CHW image)
 
     @property
     def summary(self) -> dict:
         """Fields for summary.json."""
+        epoch = self.best.best[0]
+        row = next((r for r in self.history if epoch is not None and r["epoch"] == epoch + 1), {})
         return {
-            "best_val_f1": self.best_f1,
+            "best_val_f1": row.get("val/f1"),
             "model_size_mb": self.facts.get("size_mb"),
             "gflops": self.facts.get("gflops"),
         }
@@ -223,8 +225,6 @@ class Dashboards(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from effnet.loggers import publish
-
         self.facts = model_facts(pl_module)
         for logger in trainer.loggers:
             logger.log_hyperparams({"facts": self.facts, "system": system_facts(trainer)})
@@ -240,8 +240,6 @@ class Dashboards(Callback):
     ) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or not self.samples or not outputs:
             return
-        from effnet.plots import prediction_order
-
         images, labels = batch
         confidence, pred = outputs["logits"].float().softmax(-1).max(-1)
         fresh = list(
@@ -261,32 +259,22 @@ class Dashboards(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from effnet.loggers import publish
-
         metrics = trainer.callback_metrics
-        epoch = trainer.current_epoch + 1
-        row = {"epoch": epoch, **{k: float(metrics[k]) for k in CURVE_KEYS if k in metrics}}
+        epoch = trainer.current_epoch
+        row = {"epoch": epoch + 1, **{k: float(metrics[k]) for k in CURVE_KEYS if k in metrics}}
         if trainer.optimizers:
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.history = [r for r in self.history if r["epoch"] != epoch] + [row]
-        score = row.get(self.monitor)
-        if score is not None and (self.best is None or score > self.best):
-            self.best, self.best_epoch, self.best_f1 = score, epoch, row.get("val/f1")
+        self.history = [r for r in self.history if r["epoch"] != epoch + 1] + [row]
+        best_epoch, best = self.best.best
+        if best_epoch == epoch and self.best.monitor in row:
             self._draw_best(trainer, pl_module)
             publish(
-                trainer.loggers, trainer.global_step, summary={"best_val_acc": score, "best_epoch": epoch}
+                trainer.loggers, trainer.global_step, summary={"best_val_acc": best, "best_epoch": epoch + 1}
             )
-        from effnet.plots import curves_png
-
-        curves_png(self.history, self.run_dir / "curves.png", self.best_epoch)
+        curves_png(self.history, self.run_dir / "curves.png", None if best_epoch is None else best_epoch + 1)
 
     def _draw_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from effnet.loggers import publish
-        from effnet.metrics import per_class
-        from effnet.plots import confusion_matrix_png, predictions_png
-
-        images = {}
-        tables = {}
+        images, tables = {}, {}
         confusion = pl_module.val_confusion
         if confusion is not None:
             images["val/confusion_matrix_image"] = confusion_matrix_png(
@@ -309,20 +297,10 @@ class Dashboards(Callback):
         )
 
     def state_dict(self) -> dict:
-        return {
-            "history": self.history,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "best_f1": self.best_f1,
-        }
+        return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict["history"])
-        self.best, self.best_epoch, self.best_f1 = (
-            state_dict["best"],
-            state_dict["best_epoch"],
-            state_dict["best_f1"],
-        )
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -236,7 +236,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     throughput, best_epoch = Throughput(), BestEpoch()
     callbacks = [checkpointing, latest, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
-    dashboards = Dashboards(run_dir, split.classes, samples=cfg.dashboards.samples)
+    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
     callbacks.append(dashboards)
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
