@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import sweeps
@@ -104,6 +105,7 @@ class WandbLogger(LightningWandbLogger):
         if not self._wandb_init.get("anonymous"):
             self._wandb_init.pop("anonymous", None)  # wandb warns about the setting even when None
 
+    @rank_zero_only
     def log_hyperparams(self, params) -> None:
         """Add what the run config lacks: the module's hparams use some of the config's top-level
         names (`optimizer`, `scheduler`) for flat values, and must not replace its sections."""
