@@ -99,7 +99,10 @@ class WandbLogger(LightningWandbLogger):
 
         self.mode, self.mode_reason = (mode, f"logger.wandb.mode={mode}") if mode else wandb_mode()
         if log_model and self.mode != "online":
-            log_model = False  # nothing to upload to; the checkpoints stay in the run folder
+            log.info(
+                "logger.wandb.log_model: W&B is %s, so best.ckpt stays in the run folder only", self.mode
+            )
+            log_model = False
         kwargs.setdefault("settings", wandb.Settings(silent=True))  # our one line instead of wandb's banner
         super().__init__(*args, mode=self.mode, log_model=log_model, **kwargs)
         if not self._wandb_init.get("anonymous"):
