@@ -15,7 +15,7 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.ya
 
 
 def test_groups_are_the_documented_ones():
-    assert GROUPS == ["data", "data_size", "gpu", "logger", "model", "preset", "trainer"]
+    assert GROUPS == ["data", "data_size", "gpu", "logger", "model", "preset", "sweep", "trainer"]
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)

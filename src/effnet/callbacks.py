@@ -1,8 +1,11 @@
-"""Lightning callbacks for what a run must show and record: freezing, throughput, progress, summary."""
+"""Lightning callbacks for what a run must show and record: freezing, throughput, progress, summary,
+and the dashboards (curves, confusion matrix, sample predictions) on disk and in every logger."""
 
 from __future__ import annotations
 
+import csv
 import json
+import platform
 import statistics
 import sys
 import time
@@ -11,6 +14,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
+
+from effnet.loggers import publish
+from effnet.metrics import per_class
+from effnet.plots import confusion_matrix_png, curves_png, prediction_order, predictions_png
 
 
 class FreezeBackbone(Callback):
@@ -146,4 +153,161 @@ def write_json(path: Path, data: dict) -> None:
     """Write-then-rename, so a reader never sees half a file."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+# Per-epoch values drawn in curves.png and kept (with the epoch and lr) in Dashboards.history.
+CURVE_KEYS = ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc5", "val/f1")
+
+
+def model_facts(pl_module: L.LightningModule) -> dict:
+    """Parameters, size and FLOPs per image at the training input size (Lightning's own summary)."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    summary = ModelSummary(pl_module, max_depth=1)
+    flops = summary.total_flops if pl_module.example_input_array is not None else 0
+    return {
+        "parameters": summary.total_parameters,
+        "trainable_parameters": summary.trainable_parameters,
+        "size_mb": round(summary.model_size, 2),
+        "gflops": round(flops / 1e9, 4) if flops else None,
+    }
+
+
+def system_facts(trainer: L.Trainer) -> dict:
+    import torch
+
+    device = trainer.strategy.root_device
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "accelerator": device.type,
+        "precision": trainer.precision,
+        "devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "strategy": type(trainer.strategy).__name__,
+        "torch": torch.__version__,
+    }
+
+
+class Dashboards(Callback):
+    """The pictures a run is judged by, written to the run folder and sent to every logger (rank 0).
+
+    Every epoch: the epoch's losses, accuracies and lr go to curves.png. At each new best epoch (as
+    BestEpoch, listed before this callback, names it; the epoch best.ckpt comes from):
+    confusion_matrix.png from the module's torchmetrics matrix (already reduced over all
+    processes), per_class.csv, and predictions.png, a grid of `samples` validation images with the
+    mistakes first. Sample images come from rank 0's share of the validation set; only `samples`
+    of them are kept, so memory does not grow with the data.
+    """
+
+    def __init__(self, run_dir: Path, classes: list[str], best: BestEpoch, samples: int = 16) -> None:
+        self.run_dir = Path(run_dir)
+        self.classes = list(classes)
+        self.best = best
+        self.samples = samples
+        self.history: list[dict] = []  # one row per epoch: CURVE_KEYS, epoch (1-based) and lr
+        self.facts: dict = {}
+        self._kept: list[tuple] = []  # (true, pred, confidence, uint8 CHW image)
+
+    @property
+    def summary(self) -> dict:
+        """Fields for summary.json."""
+        epoch = self.best.best[0]
+        row = next((r for r in self.history if epoch is not None and r["epoch"] == epoch + 1), {})
+        return {
+            "best_val_f1": row.get("val/f1"),
+            "model_size_mb": self.facts.get("size_mb"),
+            "gflops": self.facts.get("gflops"),
+        }
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.facts = model_facts(pl_module)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"facts": self.facts, "system": system_facts(trainer)})
+        publish(
+            trainer.loggers, trainer.global_step, summary={f"model/{k}": v for k, v in self.facts.items()}
+        )
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._kept = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or not self.samples or not outputs:
+            return
+        images, labels = batch
+        confidence, pred = outputs["logits"].float().softmax(-1).max(-1)
+        fresh = list(
+            zip(labels.tolist(), pred.tolist(), confidence.tolist(), range(len(labels)), strict=True)
+        )
+        candidates = self._kept + fresh
+        order = prediction_order(
+            [c[0] for c in candidates], [c[1] for c in candidates], [c[2] for c in candidates]
+        )
+        keep = [candidates[i] for i in order[: self.samples]]
+        # only the kept images leave the device, turned back into the loader's uint8 pixels
+        self._kept = [
+            (true, pred, conf, pl_module.to_uint8(images[x : x + 1])[0].cpu() if isinstance(x, int) else x)
+            for true, pred, conf, x in keep
+        ]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        epoch = trainer.current_epoch
+        row = {"epoch": epoch + 1, **{k: float(metrics[k]) for k in CURVE_KEYS if k in metrics}}
+        if trainer.optimizers:
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.history = [r for r in self.history if r["epoch"] != epoch + 1] + [row]
+        best_epoch, best = self.best.best
+        if best_epoch == epoch and self.best.monitor in row:
+            self._draw_best(trainer, pl_module)
+            publish(
+                trainer.loggers, trainer.global_step, summary={"best_val_acc": best, "best_epoch": epoch + 1}
+            )
+        curves_png(self.history, self.run_dir / "curves.png", None if best_epoch is None else best_epoch + 1)
+
+    def _draw_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        images, tables = {}, {}
+        confusion = pl_module.val_confusion
+        if confusion is not None:
+            images["val/confusion_matrix_image"] = confusion_matrix_png(
+                confusion, self.classes, self.run_dir / "confusion_matrix.png"
+            )
+            rows = per_class(confusion, self.classes)
+            write_csv(self.run_dir / "per_class.csv", rows)
+            tables["val/per_class"] = rows
+        if self._kept:
+            true, pred, confidence, pictures = zip(*self._kept, strict=True)
+            images["val/predictions"] = predictions_png(
+                pictures, true, pred, confidence, self.classes, self.run_dir / "predictions.png"
+            )
+        publish(
+            trainer.loggers,
+            trainer.global_step,
+            images=images,
+            tables=tables,
+            confusion=(confusion, self.classes) if confusion is not None else None,
+        )
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write-then-rename, like write_json."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
     tmp.replace(path)

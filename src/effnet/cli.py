@@ -6,8 +6,10 @@ brings back Hydra's full traceback for debugging.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,9 +17,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import runs
+from effnet import runs, sweeps
 from effnet.config import validate
 from effnet.errors import UserError, exit_with, one_line
+
+log = logging.getLogger("effnet")
 
 
 class ValidateBeforeRun(Callback):
@@ -54,18 +58,45 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def train_task(cfg: DictConfig) -> float:
-    validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
-    from effnet.train import run  # the heavy imports start here
+class SweepJobFailed(UserError):
+    """A multirun job failed; raised to Hydra, which records it and (basic sweeper) runs the rest."""
 
+
+def job_failed(cfg: DictConfig, hydra_cfg: DictConfig, exc: Exception) -> NoReturn:
+    """Log why a sweep job failed (with the traceback when it is a bug), leave error.txt in its
+    folder for the sweep report, then stop the sweep (sweep.fail_fast) or let Hydra go on."""
+    message = one_line(exc)
+    bug = message is None
+    message = message or f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    out = Path(hydra_cfg.runtime.output_dir)
+    log.error("%s failed: %s", job, message, exc_info=bug)
+    if runs.global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(message + "\n")
+    if cfg.sweep.fail_fast:
+        exit_with(f"{job} failed: {message}; stopped the sweep (sweep.fail_fast=true)")
+    raise SweepJobFailed(f"{job} failed: {message}; see {out}/train.log") from exc
+
+
+def train_task(cfg: DictConfig) -> float | None:
+    """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
     hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except UserError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job; the sweep decides whether to go on
-        exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
-    return summary["best_val_acc"]
+        validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
+        from effnet.train import run  # the heavy imports start here
+
+        best = run(cfg, Path(hydra_cfg.runtime.output_dir))["best_val_acc"]
+        if best is None and multirun:
+            raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
+    except Exception as exc:
+        if multirun:
+            job_failed(cfg, hydra_cfg, exc)
+        if isinstance(exc, UserError):
+            exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
+        raise
+    return best
 
 
 def main(config_dir: Path, config_name: str, task=train_task) -> None:

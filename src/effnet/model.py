@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import lightning as L
 import timm
@@ -21,9 +19,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from effnet.errors import UserError
+from effnet.network import reachable
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +140,7 @@ def load_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connect to the hub: huggingface_hub itself retries for ~45 s before giving up."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 def load_pretrained(backbone: nn.Module, name: str) -> LoadReport:
@@ -224,10 +217,15 @@ class ClassifierModule(L.LightningModule):
         if ema_decay:
             self.ema = ModelEmaV3(self.net, decay=ema_decay, use_warmup=True)
             self.ema.requires_grad_(False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc5 = (
             MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
         )
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        # The last validation's (true x predicted) counts, reduced over all processes; callbacks read it.
+        self.val_confusion: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -238,6 +236,10 @@ class ClassifierModule(L.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo normalize(): the loader's uint8 pixels again, for pictures of what the model saw."""
+        return (images.float() * self.std + self.mean).round().clamp(0, 255).to(torch.uint8)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, torch.Tensor):  # the model summary's example input
@@ -255,14 +257,18 @@ class ClassifierModule(L.LightningModule):
             images, targets = self.mixup(images, labels)
         elif self.mixup is not None:
             targets = mixup_target(labels, len(self.hparams.classes), smoothing=self.hparams.label_smoothing)
-        loss = self.train_loss(self(images), targets)
+        logits = self(images)
+        loss = self.train_loss(logits, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        # Against the unmixed labels: under mixup/cutmix a rough guide, not a score to compare with val.
+        self.train_acc(logits.detach(), labels)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.net
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict:
         images, labels = batch
         logits = self._eval_model()(images)
         self.log(
@@ -273,6 +279,15 @@ class ClassifierModule(L.LightningModule):
         if self.val_acc5 is not None:
             self.val_acc5(logits, labels)
             self.log("val/acc5", self.val_acc5, on_epoch=True, batch_size=len(images))
+        self.val_f1(logits, labels)
+        self.log("val/f1", self.val_f1, on_epoch=True, batch_size=len(images))
+        self.val_confmat(logits, labels)
+        return {"logits": logits.detach()}  # for callbacks that show predictions
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() reduces over all processes, so every rank must call it; rank 0 draws it.
+        self.val_confusion = self.val_confmat.compute().cpu()
+        self.val_confmat.reset()
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

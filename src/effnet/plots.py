@@ -107,3 +107,82 @@ def predictions_png(
             color="tab:red" if wrong else "tab:green",
         )
     return _save(fig, path)
+
+
+# curves.png panels: (title, [(history key, legend label)]); a key a run never logged is left out.
+CURVE_PANELS = (
+    ("loss", [("train/loss_epoch", "train"), ("val/loss", "val")]),
+    (
+        "accuracy",
+        [
+            ("train/acc", "train top-1"),
+            ("val/acc", "val top-1"),
+            ("val/acc5", "val top-5"),
+            ("val/f1", "val macro F1"),
+        ],
+    ),
+    ("learning rate", [("lr", "lr")]),
+)
+
+
+def curves_png(history: Sequence[dict], path: Path, best_epoch: int | None = None) -> Path:
+    """Loss, accuracy and learning rate per epoch (1-based), the best epoch marked."""
+    fig = _figure(15, 4)
+    axes = fig.subplots(1, len(CURVE_PANELS))
+    for ax, (title, series) in zip(axes, CURVE_PANELS, strict=True):
+        for key, label in series:
+            points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if best_epoch is not None:
+            ax.axvline(
+                best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})"
+            )
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    if history and all((row.get("lr") or 0) > 0 for row in history):
+        axes[-1].set_yscale("log")  # warmup and cosine decay span decades
+    return _save(fig, path)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metric_vs_params_png(
+    rows: Sequence[dict], params: Sequence[str], metric: str, path: Path, best: dict | None = None
+) -> Path:
+    """One panel per swept parameter: the metric of every job against that parameter's value.
+
+    Numbers go on a numeric axis (log when they span more than a decade, as learning rates do);
+    anything else (model names, aug levels) is one column per value. The best job is a red star.
+    """
+    params = list(params) or ["job"]
+    fig = _figure(4.5 * len(params), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(params)))
+    scored = [r for r in rows if _is_number(r.get(metric))]
+    for ax, param in zip(axes, params, strict=True):
+        values = [r.get(param) for r in scored]
+        numeric = all(_is_number(v) for v in values)
+        if numeric:
+            positions = values
+            positive = [v for v in values if v > 0]
+            if len(positive) == len(values) and values and max(values) / min(values) > 10:
+                ax.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v in values})
+            positions = [labels.index(str(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right", fontsize=8)
+        ax.scatter(positions, [r[metric] for r in scored], alpha=0.7)
+        if best is not None and best in scored:
+            i = scored.index(best)
+            ax.scatter([positions[i]], [best[metric]], marker="*", s=200, color="tab:red", label="best")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -17,10 +17,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import folders, recipes, runs
-from effnet.callbacks import BestEpoch, FreezeBackbone, Throughput, progress_bar, write_json
+from effnet.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar, write_json
 from effnet.data import ImageDataModule, default_workers
 from effnet.errors import UserError
-from effnet.loggers import build_loggers
+from effnet.loggers import build_loggers, finishing
 from effnet.model import ClassifierModule, load_pretrained, load_weights
 
 log = logging.getLogger("effnet")
@@ -236,6 +236,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     throughput, best_epoch = Throughput(), BestEpoch()
     callbacks = [checkpointing, latest, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
+    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
+    callbacks.append(dashboards)
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
     loggers = build_loggers(cfg, run_dir, resolved)
@@ -250,7 +252,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     if trainer.is_global_zero:
         (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": resolved, "config": cfg}))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+    with finishing(loggers):  # a failed run's W&B run is closed too, or a sweep's next job would reuse it
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
 
     epoch, best = best_epoch.best
     summary = {
@@ -259,6 +262,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if checkpointing.best_model_score is None
         else float(checkpointing.best_model_score),
         "best_epoch": None if epoch is None else epoch + 1,
+        **dashboards.summary,
         "best_checkpoint": checkpointing.best_model_path,
         "last_checkpoint": str(run_dir / runs.CHECKPOINTS / runs.LAST),
         "epochs_completed": trainer.current_epoch,
