@@ -42,22 +42,24 @@ def _trained(base: Path) -> Path:
 
 
 @functools.cache
-def _bundle(base: Path) -> tuple[Path, subprocess.CompletedProcess]:
+def _bundle(base: Path) -> Path:
+    """ONNX fp32 + int8 through export.run. The tests use the legacy exporter (several times
+    faster than dynamo on a CPU); what they check about the bundle is the same for both."""
+    from effnet.export import run as export_run
+
     out = base / "bundle"
-    result = run_script(
-        "export.py",
-        [
-            f"ckpt={_trained(base)}",
-            "quantize=int8",
-            f"out={out}",
-            "bench.repeats=2",
-            "bench.batch_sizes=[1,4]",
-            "calibration.images=12",
-            "num_workers=0",
-        ],
-        cwd=base,
-    )
-    return out, result
+    overrides = [
+        f"ckpt={_trained(base)}",
+        "quantize=int8",
+        f"out={out}",
+        "exporter=torchscript",
+        "bench.repeats=2",
+        "bench.batch_sizes=[1,4]",
+        "calibration.images=12",
+        "num_workers=0",
+    ]
+    export_run(compose("export", overrides))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +69,19 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_bundle(tmp_path_factory) -> Path:
-    out, result = _bundle(tmp_path_factory.getbasetemp())
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return _bundle(tmp_path_factory.getbasetemp())
 
 
 def export_info(bundle: Path) -> dict:
     return json.loads((bundle / "export.json").read_text())
+
+
+def compose(config_name: str, overrides: list[str]):
+    """eval/predict/export configs composed as their scripts do, for in-process runs."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)

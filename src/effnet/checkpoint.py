@@ -42,6 +42,7 @@ class Preprocessing:
     def to_json(self) -> dict:
         return {
             **asdict(self),
+            "resize_shorter_side": self.resize,
             "input": "uint8 RGB, NCHW, values 0-255",
             "steps": [
                 "decode as RGB (EXIF orientation applied)",
@@ -102,7 +103,7 @@ def read(path: Path, key: str = "ckpt") -> dict:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        if "Unsupported global" in str(exc):  # a class or function it would have to import and call
             raise UserError(
                 f"{key}={path}: refusing to load, it needs arbitrary unpickling (weights_only=True); "
                 "use a checkpoint written by effnet's train.py"
