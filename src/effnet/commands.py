@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from effnet.config import check, int_at_least, one_of, positive
-from effnet.errors import UserError, exit_with
+from effnet.errors import UserError, exit_with, one_line
 
 WORKERS = (lambda v: v == "auto" or (isinstance(v, int) and v >= 0), "auto or an integer >= 0")
 VAL_FRACTION = ("data.val_fraction", lambda v: positive(v) and v < 1, "a number in (0, 1), e.g. 0.2", False)
@@ -62,8 +62,11 @@ def _run(cfg: DictConfig, rules, work) -> dict:
     try:
         _validate(cfg, rules)
         return work()
-    except UserError as exc:
-        exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
+    except Exception as exc:  # a missing ckpt= too: one line, not Hydra's "Error executing job" preamble
+        message = one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)
 
 
 def eval_task(cfg: DictConfig) -> float:
