@@ -1,0 +1,31 @@
+"""Progress for long loops outside Lightning (evaluation, calibration, prediction).
+
+A rich bar on a terminal; in a log file or pipe, a plain line every `every_s` seconds and one at
+the end, so a CI log shows that something is moving without thousands of redraws.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def track(items: Iterable[T], total: int, description: str, every_s: float = 30.0) -> Iterator[T]:
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import track as rich_track
+
+        yield from rich_track(items, description=description, total=total, console=Console(stderr=True))
+        return
+    last = started = time.monotonic()
+    done = 0
+    for done, item in enumerate(items, 1):
+        yield item
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            print(f"{description} {done}/{total}", file=sys.stderr, flush=True)
+    print(f"{description} {done}/{total} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
