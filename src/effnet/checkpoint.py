@@ -108,7 +108,7 @@ def read(path: Path, key: str = "ckpt") -> dict:
                 f"{key}={path}: refusing to load, it needs arbitrary unpickling (weights_only=True); "
                 "use a checkpoint written by effnet's train.py"
             ) from exc
-        raise UserError(f"{key}={path}: not a PyTorch checkpoint ({exc})") from exc
+        raise UserError(f"{key}={path}: not a PyTorch checkpoint; pass a .ckpt written by train.py") from exc
     except Exception as exc:  # torch raises KeyError/EOFError/RuntimeError for files of other kinds
         raise UserError(
             f"{key}={path}: not a PyTorch checkpoint ({type(exc).__name__}); pass a .ckpt written by train.py"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from effnet.config import check, int_at_least, one_of, positive
 from effnet.errors import UserError, exit_with, one_line
@@ -52,6 +52,8 @@ EXPORT_RULES = [
 def _validate(cfg: DictConfig, rules) -> None:
     for key, ok, accepted, nullable in rules:
         check(cfg, key, ok, accepted, nullable)
+    if OmegaConf.is_missing(cfg, "ckpt"):  # `"ckpt" in cfg` is False for ???, so ask first
+        raise UserError("ckpt is required: pass a .ckpt file, a training run folder or an export bundle")
     if "ckpt" in cfg and not Path(str(cfg.ckpt)).expanduser().exists():
         raise UserError(
             f"ckpt={cfg.ckpt}: not found; pass a .ckpt file, a training run folder or an export bundle"
