@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from effnet import checkpoint, evaluate
-from effnet.commands import EVAL_RULES, _validate
+from effnet.commands import validate_command
 from effnet.data import eval_transform, load_rgb
 from effnet.errors import UserError
 from effnet.model import ClassifierModule
@@ -120,10 +120,20 @@ def test_checkpoint_loading_refuses_pickles_and_non_checkpoints(tmp_path):
         checkpoint.resolve(str(tmp_path))
 
 
+@pytest.mark.parametrize("script", ["eval.py", "predict.py", "export.py"])
+def test_missing_ckpt_is_one_line_before_torch(script, tmp_path):
+    result = run_script(script, [], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "effnet: error: ckpt is required: pass a .ckpt file, a training run folder or an export bundle"
+    ]
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_eval_errors(trained_run, tmp_path):  # noqa: F811
     with pytest.raises(UserError, match="ckpt=/nope: not found; pass a .ckpt file, a training run folder"):
-        _validate(compose("eval", ["ckpt=/nope"]), EVAL_RULES)
+        validate_command("eval", compose("eval", ["ckpt=/nope"]))
     with pytest.raises(UserError, match="split=test: the run's split has no test images"):
         evaluate.run(compose("eval", [f"ckpt={trained_run}", "split=test", "num_workers=0"]), tmp_path)
     with pytest.raises(UserError, match="split=holdout: must be one of: val, test, train"):
-        _validate(compose("eval", [f"ckpt={trained_run}", "split=holdout"]), EVAL_RULES)
+        validate_command("eval", compose("eval", [f"ckpt={trained_run}", "split=holdout"]))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from effnet import checkpoint, export, predict
-from effnet.commands import EXPORT_RULES, _validate
+from effnet.commands import validate_command
 from effnet.errors import UserError
 from tests.trained import compose, export_info, onnx_bundle, trained_run  # noqa: F401  (session fixtures)
 
@@ -81,6 +81,12 @@ def test_other_formats_load_back_identically(trained_run, tmp_path, fmt):  # noq
 
 def test_export_rejects_bad_options(trained_run):  # noqa: F811
     with pytest.raises(UserError, match="format=tflite: must be one of: onnx, torchscript, safetensors"):
-        _validate(compose("export", [f"ckpt={trained_run}", "format=tflite"]), EXPORT_RULES)
+        validate_command("export", compose("export", [f"ckpt={trained_run}", "format=tflite"]))
     with pytest.raises(UserError, match="quantize=int4: must be int8 or null"):
-        _validate(compose("export", [f"ckpt={trained_run}", "quantize=int4"]), EXPORT_RULES)
+        validate_command("export", compose("export", [f"ckpt={trained_run}", "quantize=int4"]))
+    with pytest.raises(UserError, match="quantize=int8 needs format=onnx"):
+        validate_command(
+            "export", compose("export", [f"ckpt={trained_run}", "quantize=int8", "format=safetensors"])
+        )
+    with pytest.raises(UserError, match=r"bench.batch_sizes=\[0\]: must be a list of integers >= 1"):
+        validate_command("export", compose("export", [f"ckpt={trained_run}", "bench.batch_sizes=[0]"]))

@@ -28,24 +28,32 @@ class ValidateBeforeRun(Callback):
     """Hydra calls this after composing the config and before making the run folder.
 
     Hydra turns exceptions from callbacks into warnings and carries on, so a bad value leaves
-    through SystemExit: nothing is written.
+    through SystemExit: nothing is written. `command` names the script (train, eval, predict,
+    export) whose rules apply.
     """
 
+    def __init__(self, command: str = "train") -> None:
+        self.command = command
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _validate_or_exit(config)
+        self._validate_or_exit(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _validate_or_exit(config)
+        self._validate_or_exit(config)
 
+    def _validate_or_exit(self, config: DictConfig) -> None:
+        try:
+            if self.command == "train":
+                validate(config)
+            else:
+                from effnet.commands import validate_command
 
-def _validate_or_exit(config: DictConfig) -> None:
-    try:
-        validate(config)
-    except Exception as exc:
-        message = one_line(exc)
-        if message is None:
-            raise
-        exit_with(message)
+                validate_command(self.command, config)
+        except Exception as exc:
+            message = one_line(exc)
+            if message is None:
+                raise
+            exit_with(message)
 
 
 def register_resolvers() -> None:

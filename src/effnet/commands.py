@@ -49,6 +49,18 @@ EXPORT_RULES = [
 ]
 
 
+def _check_export(cfg: DictConfig) -> None:
+    if cfg.quantize == "int8" and cfg.format != "onnx":
+        raise UserError(f"quantize=int8 needs format=onnx (got format={cfg.format})")
+    sizes = list(cfg.bench.batch_sizes)
+    if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
+        raise UserError(f"bench.batch_sizes={sizes}: must be a list of integers >= 1")
+
+
+RULES = {"eval": EVAL_RULES, "predict": PREDICT_RULES, "export": EXPORT_RULES}
+EXTRA_CHECKS = {"export": _check_export}
+
+
 def _validate(cfg: DictConfig, rules) -> None:
     for key, ok, accepted, nullable in rules:
         check(cfg, key, ok, accepted, nullable)
@@ -60,11 +72,18 @@ def _validate(cfg: DictConfig, rules) -> None:
         )
 
 
-def _run(cfg: DictConfig, rules, work) -> dict:
+def validate_command(command: str, cfg: DictConfig) -> None:
+    """Every check that needs no torch, run by cli.ValidateBeforeRun before the run folder exists."""
+    _validate(cfg, RULES[command])
+    if command in EXTRA_CHECKS:
+        EXTRA_CHECKS[command](cfg)
+
+
+def _run(command: str, cfg: DictConfig, work) -> dict:
     try:
-        _validate(cfg, rules)
+        validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
         return work()
-    except Exception as exc:  # a missing ckpt= too: one line, not Hydra's "Error executing job" preamble
+    except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
         message = one_line(exc)
         if message is None:
             raise
@@ -77,7 +96,7 @@ def eval_task(cfg: DictConfig) -> float:
 
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
-    return _run(cfg, EVAL_RULES, work)["top1"]
+    return _run("eval", cfg, work)["top1"]
 
 
 def predict_task(cfg: DictConfig) -> None:
@@ -86,21 +105,13 @@ def predict_task(cfg: DictConfig) -> None:
 
         return run(cfg)
 
-    _run(cfg, PREDICT_RULES, work)
+    _run("predict", cfg, work)
 
 
 def export_task(cfg: DictConfig) -> None:
     def work():
-        if cfg.quantize == "int8" and cfg.format != "onnx":
-            raise UserError(f"quantize=int8 needs format=onnx (got format={cfg.format})")
-        if not list(cfg.bench.batch_sizes) or not all(
-            isinstance(b, int) and b >= 1 for b in cfg.bench.batch_sizes
-        ):
-            raise UserError(
-                f"bench.batch_sizes={list(cfg.bench.batch_sizes)}: must be a list of integers >= 1"
-            )
         from effnet.export import run
 
         return run(cfg, command=" ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]))
 
-    _run(cfg, EXPORT_RULES, work)
+    _run("export", cfg, work)
