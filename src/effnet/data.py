@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from effnet.folders import Sample, Split
 
@@ -44,20 +44,29 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def seed_all(seed: int) -> None:
+    """Seed the streams timm's transforms draw from (torch, numpy for RandAugment, random)."""
+    torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds every GPU (slow)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 @contextlib.contextmanager
 def seeded(seed: int):
-    """Seed torch, numpy and random for one sample, then put the caller's streams back:
-    in the main process (num_workers=0) the model's dropout draws from the same streams."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """Seed for one sample. In the main process (num_workers=0) the model's dropout draws from
+    the same streams, so they are put back afterwards; a worker process has no one to disturb."""
+    if get_worker_info() is not None:
+        seed_all(seed)
+        yield
+        return
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    seed_all(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 class EpochSampler(Sampler):

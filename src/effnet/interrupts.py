@@ -26,11 +26,19 @@ log = logging.getLogger("effnet")
 FORWARDED = (signal.SIGINT, signal.SIGUSR1)
 
 
-class Interrupts:
-    """Records which signal asked the run to stop; turns SIGINT/SIGUSR1 into Lightning's SIGTERM."""
+class Interrupts(Callback):
+    """Records which signal asked the run to stop, turns SIGINT/SIGUSR1 into Lightning's SIGTERM,
+    and writes checkpoints/interrupted.ckpt when Lightning stops the run: the weights at that
+    moment, for evaluating or exporting (resume uses the epoch-end last.ckpt, see checkpoints.py).
 
-    def __init__(self) -> None:
+    The handlers go in before the data scan. Lightning only installs its own when training starts
+    (and forgets earlier signals), so a signal that came during setup is sent again then.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self.received: signal.Signals | None = None
+        self.written: Path | None = None
         self._previous: dict[int, object] = {}
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -50,7 +58,7 @@ class Interrupts:
 
     @contextlib.contextmanager
     def installed(self):
-        """Handlers for the duration of trainer.fit (Lightning composes its own SIGTERM one on top)."""
+        """The handlers, for the duration of the run (Lightning composes its SIGTERM one on top)."""
         handlers = {signal.SIGTERM: self._on_sigterm, **dict.fromkeys(FORWARDED, self._on_forwarded)}
         for signum, handler in handlers.items():
             self._previous[signum] = signal.signal(signum, handler)
@@ -60,14 +68,9 @@ class Interrupts:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
 
-
-class SaveOnInterrupt(Callback):
-    """Writes checkpoints/interrupted.ckpt when Lightning stops the run for a signal: the weights
-    at that moment, for evaluating or exporting. It is not what resume uses (see checkpoints.py)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.written: Path | None = None
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.received is not None:  # arrived before Lightning listened: tell it now
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:

@@ -119,7 +119,14 @@ def quiet_libraries() -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one model; returns the summary that is also written to run_dir/summary.json."""
+    """Train one model; returns the summary that is also written to run_dir/summary.json.
+    A signal ends it with a checkpoint and the command that resumes it (effnet.interrupts)."""
+    stop = interrupts.Interrupts(run_dir / runs.CHECKPOINTS / runs.INTERRUPTED)
+    with stop.installed():
+        return _run(cfg, run_dir, stop)
+
+
+def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     started = time.perf_counter()
     quiet_libraries()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +260,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     throughput, best_epoch = Throughput(), BestEpoch()
-    on_interrupt = interrupts.SaveOnInterrupt(ckpt_dir / runs.INTERRUPTED)
     callbacks = [
         checkpointing,
         latest,
@@ -262,7 +268,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         progress_bar(),
         LearningRateMonitor("step"),
         checkpoints.ResumeState(ckpt_dir / runs.LAST, datamodule.train_sampler),
-        on_interrupt,
+        stop,
     ]
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
@@ -281,10 +287,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": resolved, "config": cfg}))
         if checkpoint is not None:  # the epochs about to be replayed must not be logged twice
             checkpoints.trim_metrics(run_dir / "metrics.csv", checkpoints.resume_epoch(checkpoint))
-    stop = interrupts.Interrupts()
     try:
-        with stop.installed():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
             raise
@@ -294,7 +298,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             trainer,
             run_dir,
             checkpoints.resume_epoch(resume_from) if resume_from else 0,
-            on_interrupt.written,
+            stop.written,
         )
 
     epoch, best = best_epoch.best
