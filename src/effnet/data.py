@@ -35,7 +35,16 @@ def load_rgb(path: str, min_size: int) -> Image.Image:
     with Image.open(path) as img:
         img.draft("RGB", (min_size, min_size))
         img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+        return to_8bit(img).convert("RGB")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grayscale (scientific TIFFs, depth PNGs) scaled from 0-65535 to
+    0-255: Pillow's convert("RGB") would clip every value above 255 to white."""
+    if not img.mode.startswith("I"):
+        return img
+    pixels = np.asarray(img, dtype=np.float32) / 257
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,8 @@ class DataReport:
 
     @property
     def bad_files(self) -> set[str]:
-        return {p["file"] for p in self.problems if p["reason"] != EMPTY_CLASS}
+        """Image files that cannot be used (not folders, not files that are no image by name)."""
+        return {p["file"] for p in self.problems if folders.is_image(p["file"])}
 
 
 EMPTY_CLASS = "empty class folder: no usable images"
@@ -139,6 +141,8 @@ def scan_folder(
 ) -> DataReport:
     """Check every file under the class folders of `root` (both layouts)."""
     started = time.perf_counter()
+    # above Image.MAX_IMAGE_PIXELS Pillow warns on open; the refusal below says it better
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     report = DataReport(root=str(root))
     images, class_images = [], {}
     for parent in folders.layout_folders(root):

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from effnet import balance, checkpoints, folders, interrupts, recipes, runs, scan
+from effnet import balance, checkpoints, folders, interrupts, ranks, recipes, runs, scan
 from effnet.callbacks import BestEpoch, FreezeBackbone, Throughput, progress_bar, write_json
 from effnet.data import ImageDataModule, default_workers
 from effnet.errors import UserError
@@ -133,7 +133,8 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = runs.find_checkpoint(str(cfg.ckpt_path)) if cfg.ckpt_path else None
     ckpt_dir = run_dir / runs.CHECKPOINTS
-    if runs.global_rank() == 0:
+    if runs.global_rank() == 0:  # before the other ranks exist
+        ranks.clear(run_dir)
         for stale in checkpoints.remove_stale_temporaries(ckpt_dir):
             log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
 
@@ -269,6 +270,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         LearningRateMonitor("step"),
         checkpoints.ResumeState(ckpt_dir / runs.LAST, datamodule.train_sampler),
         stop,
+        ranks.RecordFailure(run_dir),
     ]
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
@@ -289,6 +291,9 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
             checkpoints.trim_metrics(run_dir / "metrics.csv", checkpoints.resume_epoch(checkpoint))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+    except Exception as exc:
+        ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
+        raise
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
             raise
