@@ -136,7 +136,7 @@ class ImageList(Dataset):
             if path in self.failed:
                 continue
             try:
-                return self.transform(load_rgb(path, self.min_decode_size)), label
+                image = load_rgb(path, self.min_decode_size)
             except DECODE_ERRORS as exc:
                 self.failed.add(path)
                 log.warning(
@@ -147,7 +147,20 @@ class ImageList(Dataset):
                     exc,
                     len(self.failed),
                 )
+                continue
+            return self._augment(image), label
         raise RuntimeError("no image in this set can be decoded any more; rerun to scan the folder again")
+
+    def _augment(self, image: Image.Image, attempts: int = 3) -> torch.Tensor:
+        """timm's RandAugment posterize asks for 0 bits at full magnitude, which Pillow >= 13
+        refuses with ValueError: draw the random ops again (the streams moved on, so it differs)."""
+        for attempt in range(attempts):
+            try:
+                return self.transform(image)
+            except ValueError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def train_transform(image_size: int, level: Mapping, interpolation: str):
