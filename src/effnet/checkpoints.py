@@ -167,7 +167,8 @@ class ResumeState(Callback):
             self.sampler.set_epoch(state["next_epoch"])
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.ckpt_path is None and not self.last_path.exists():
+        # decided on what every rank knows alike: save_checkpoint waits for all ranks
+        if trainer.ckpt_path is None:
             trainer.save_checkpoint(self.last_path)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
