@@ -195,3 +195,21 @@ def test_weighted_sampler_evens_out_the_classes(tmp_path):
     labels = [split.train[i][1] for epoch in range(20) for i, _ in (sampler.set_epoch(epoch) or sampler)]
     share = sum(labels) / len(labels)
     assert 0.4 < share < 0.6, share  # bee is 10% of the images, ~50% of the draws
+
+
+def test_a_transform_that_refuses_its_random_draw_is_redrawn(tmp_path):
+    """timm's posterize can ask Pillow >= 13 for 0 bits; the sample is augmented again instead."""
+    from effnet.data import ImageList
+
+    root = make_images(tmp_path / "one", {"ant": 1, "bee": 1})
+    calls = []
+
+    def flaky(image):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("bits must be between or equal to 1 and 8")
+        return torch.zeros(3, 8, 8, dtype=torch.uint8)
+
+    dataset = ImageList(folders.discover(root, 0.5, 0).train, flaky, 8)
+    image, _ = dataset[(0, 123)]
+    assert image.shape == (3, 8, 8) and len(calls) == 2 and not dataset.failed
