@@ -43,7 +43,7 @@ def count_devices(devices, accelerator: str) -> int:
     return int(devices)
 
 
-def load_or_make_split(cfg: DictConfig, run_dir: Path) -> tuple[folders.Split, scan.DataReport]:
+def load_or_make_split(cfg: DictConfig, run_dir: Path) -> folders.Split:
     """Scan the folder, then the run folder's split if it has one (resume), else a fresh one
     drawn from the usable files and written there by rank 0. Unusable files never enter a split."""
     if cfg.data.generate_demo:
@@ -69,7 +69,7 @@ def load_or_make_split(cfg: DictConfig, run_dir: Path) -> tuple[folders.Split, s
     if runs.global_rank() == 0:
         scan.log_report(report, cfg.data.on_bad_image)
         write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
-    return split, report
+    return split
 
 
 def choose_recipe(cfg: DictConfig, num_train: int) -> recipes.Recipe:
@@ -138,7 +138,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         for stale in checkpoints.remove_stale_temporaries(ckpt_dir):
             log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
 
-    split, _ = load_or_make_split(cfg, run_dir)
+    split = load_or_make_split(cfg, run_dir)
     recipe = choose_recipe(cfg, len(split.train))
     image_size = int(cfg.image_size or cfg.model.image_size)
     cuda = on_cuda(cfg.trainer.accelerator)
