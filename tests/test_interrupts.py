@@ -127,8 +127,9 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         env = {"EFFNET_CKPT_WRITE_DELAY_S": "2"} if during_write else None
         before = scans(killed_cwd)
         proc = start(resume_args, killed_cwd, env)
-        if during_write:  # kill while a *.tmp is being renamed into place
-            hit = wait_for(lambda: any(ckpts.glob("*/checkpoints/*.tmp")), proc)
+        if during_write:  # kill while a *.tmp is being renamed into place: last, or best, alternately
+            tmp = "last.ckpt.tmp" if point % 2 else "best.ckpt.tmp"
+            hit = wait_for(lambda tmp=tmp: any(ckpts.glob(f"*/checkpoints/{tmp}")), proc)
         else:  # the run is past its start-up (it has scanned the data), then a random delay
             hit = wait_for(lambda before=before: scans(killed_cwd) > before, proc)
             time.sleep(rng.uniform(0, 8))

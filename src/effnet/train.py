@@ -288,7 +288,9 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     if trainer.is_global_zero:
         (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": resolved, "config": cfg}))
         if checkpoint is not None:  # the epochs about to be replayed must not be logged twice
-            checkpoints.trim_metrics(run_dir / "metrics.csv", checkpoints.resume_epoch(checkpoint))
+            next_epoch = checkpoints.resume_epoch(checkpoint)
+            log.info("resuming from %s at the start of epoch %d", checkpoint, next_epoch + 1)
+            checkpoints.trim_metrics(run_dir / "metrics.csv", next_epoch)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
     except Exception as exc:
