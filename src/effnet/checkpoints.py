@@ -3,6 +3,7 @@
 Two ideas:
 - Every checkpoint is written to `<name>.tmp`, fsynced and renamed into place, so a reader (or a
   resumed run) sees the previous complete file or the new complete file, never half of one.
+  Finding the newest complete one is in runs.py, which the command line uses without torch.
 - Resume happens at an epoch boundary. The data order and every sample's augmentation are a pure
   function of (seed, epoch) (see data.EpochSampler), so what a resumed run still needs is the
   state of the model, optimizer, scheduler and EMA (Lightning saves those) plus the global RNGs
@@ -13,7 +14,6 @@ Two ideas:
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import random
 import time
@@ -25,8 +25,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-log = logging.getLogger("effnet")
 
 TMP_SUFFIX = ".tmp"
 STATE_KEY = "effnet_resume"
