@@ -39,8 +39,9 @@ ARGS = [
     "model.ema=true",
 ]
 METRICS = ("epoch", "step", "train/loss_epoch", "val/loss", "val/acc")
-# More kill points for a longer soak: EFFNET_KILL_POINTS=10 pytest tests/test_interrupts.py
+# A longer soak: EFFNET_KILL_POINTS=10 EFFNET_KILL_SEED=7 EFFNET_STOP_SIGNAL=SIGINT pytest tests/test_interrupts.py
 KILL_POINTS = int(os.environ.get("EFFNET_KILL_POINTS", "2"))
+STOP_SIGNAL = signal.Signals[os.environ.get("EFFNET_STOP_SIGNAL", "SIGTERM")]  # or SIGINT, SIGUSR1
 
 
 def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -141,15 +142,18 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         all_checkpoints_complete(run_dir)
         resume_args = [*args, f"ckpt_path={run_dir}"]
 
-    # SIGTERM: the step finishes, interrupted.ckpt is written, one line says how to resume
+    # SIGTERM (Ctrl-C, SLURM's SIGUSR1): the step finishes, interrupted.ckpt is written, one line
+    # says how to resume
     before = scans(killed_cwd)
     proc = start(resume_args, killed_cwd)
     wait_for(lambda: scans(killed_cwd) > before, proc)  # the signal handlers are in
     time.sleep(rng.uniform(0, 4))
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(STOP_SIGNAL)
     rc, output = finish(proc)
-    assert rc == 128 + signal.SIGTERM, output[-3000:]
-    line = next(ln for ln in output.splitlines() if ln.startswith("effnet: interrupted by SIGTERM"))
+    assert rc == 128 + STOP_SIGNAL, output[-3000:]
+    line = next(
+        ln for ln in output.splitlines() if ln.startswith(f"effnet: interrupted by {STOP_SIGNAL.name}")
+    )
     run_dir = only_run(killed_cwd)
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
     all_checkpoints_complete(run_dir)
