@@ -1,4 +1,5 @@
-"""Atomic checkpoint writes, the RNG state that makes resume exact, and deterministic runs."""
+"""Atomic checkpoint writes and the RNG state that makes resume exact (the resumed runs themselves,
+and two deterministic runs compared, are in test_interrupts.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import pytest
 import torch
 
 from effnet import checkpoints, runs
-from effnet.train import run
-from tests.conftest import FAST, compose_cfg
 
 
 def test_a_write_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -50,21 +49,3 @@ def test_replayed_epochs_are_trimmed_from_metrics_csv(tmp_path):
     assert checkpoints.trim_metrics(path, next_epoch=1) == 2
     with open(path) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", ""]
-
-
-def _metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    keys = ("epoch", "train/loss_epoch", "val/loss", "val/acc")
-    return [{k: r[k] for k in keys} for r in rows if r.get("val/acc") or r.get("train/loss_epoch")]
-
-
-def test_deterministic_runs_give_identical_metrics(flat_folder, tmp_path):
-    overrides = [f"data.root={flat_folder}", *FAST, "model=mobilenetv3_small", "trainer.deterministic=true"]
-    for name in ("a", "b"):
-        run(compose_cfg(overrides), tmp_path / name)
-    first, second = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
-    assert first and first == second
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
