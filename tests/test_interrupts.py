@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,7 +145,11 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         assert hit, "the run ended before it could be killed"
         run_dir = only_run(killed_cwd)
         all_checkpoints_complete(run_dir)
-        resume_args = [*args, f"ckpt_path={run_dir}"]
+        if runs.newest_complete(run_dir / "checkpoints") is None:  # killed in start-up: start again
+            shutil.rmtree(run_dir)
+            resume_args = args
+        else:
+            resume_args = [*args, f"ckpt_path={run_dir}"]
 
     # SIGTERM (Ctrl-C, SLURM's SIGUSR1): the step finishes, interrupted.ckpt is written, one line
     # says how to resume
