@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from effnet import interrupts, runs
+from effnet import checkpoints, interrupts, runs
 from tests.conftest import TRAIN_PY, make_images
 
 METRICS = ("epoch", "step", "train/loss_epoch", "val/loss", "val/acc")
@@ -120,9 +120,20 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
     args = [f"data.root={data}", *ARGS]
     reference_cwd, killed_cwd = tmp_path / "reference", tmp_path / "killed"
     reference_cwd.mkdir(), killed_cwd.mkdir()
-    rc, output = finish(start(args, reference_cwd))
+    proc = start(args, reference_cwd)
+    wait_for(lambda: scans(reference_cwd) > 0, proc)
+    started = time.monotonic()
+    rc, output = finish(proc)
     assert rc == 0, output[-3000:]
     reference = only_run(reference_cwd)
+    # kill points are drawn within the time the rest of the run takes on this machine
+    per_epoch = (time.monotonic() - started) / EPOCHS
+
+    def remaining(resume_args: list[str]) -> float:
+        done = 0
+        if resume_args is not args:
+            done = checkpoints.resume_epoch(runs.newest_complete(only_run(killed_cwd) / "checkpoints"))
+        return (EPOCHS - done) * per_epoch
 
     rng = random.Random(int(os.environ.get("EFFNET_KILL_SEED", "5")))
     resume_args = args
@@ -138,7 +149,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
             hit = wait_for(lambda tmp=tmp: any(ckpts.glob(f"*/checkpoints/{tmp}")), proc)
         else:  # the run is past its start-up (it has scanned the data), then a random delay
             hit = wait_for(lambda before=before: scans(killed_cwd) > before, proc)
-            time.sleep(rng.uniform(0, 6))
+            time.sleep(rng.uniform(0, 0.8 * remaining(resume_args)))
         proc.send_signal(signal.SIGKILL)
         finish(proc)
         kills.append("during a checkpoint write" if during_write else "random")
@@ -150,13 +161,18 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
             resume_args = args
         else:
             resume_args = [*args, f"ckpt_path={run_dir}"]
+        if not remaining(resume_args):  # a kill after the last epoch's checkpoint: nothing left to stop
+            break
 
     # SIGTERM (Ctrl-C, SLURM's SIGUSR1): the step finishes, interrupted.ckpt is written, one line
     # says how to resume
+    assert remaining(resume_args) or KILL_POINTS > 2, "the default chain must leave a run to stop"
+    if not remaining(resume_args):
+        return compare(only_run(killed_cwd), reference, kills)
     before = scans(killed_cwd)
     proc = start(resume_args, killed_cwd)
     wait_for(lambda: scans(killed_cwd) > before, proc)  # the signal handlers are in
-    time.sleep(rng.uniform(0, 4))
+    time.sleep(rng.uniform(0, 0.5 * remaining(resume_args)))
     proc.send_signal(STOP_SIGNAL)
     rc, output = finish(proc)
     assert rc == 128 + STOP_SIGNAL, output[-3000:]
@@ -173,6 +189,11 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         [sys.executable, *command[1:]], cwd=killed_cwd, capture_output=True, text=True, timeout=300
     )
     assert final.returncode == 0, final.stderr[-3000:]
+    compare(run_dir, reference, [*kills, STOP_SIGNAL.name])
+
+
+def compare(run_dir: Path, reference: Path, kills: list[str]) -> None:
+    """Same metrics, bit for bit, and the same final weights as the uninterrupted run."""
 
     assert epoch_metrics(run_dir) == epoch_metrics(reference), kills
     assert len(epoch_metrics(run_dir)) == EPOCHS
