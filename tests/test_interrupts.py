@@ -1,7 +1,7 @@
 """Killed and interrupted runs: real training subprocesses, killed at random points and resumed.
 
-A run is killed with SIGKILL at a random moment, again while a checkpoint is being written, and
-stopped with SIGTERM; each time it is resumed from its run folder. It must end with the same
+A run is stopped with SIGTERM, then killed with SIGKILL at a random moment and again while a
+checkpoint is being written; each time it is resumed with the command the first stop printed. It must end with the same
 metrics and weights as a run that was never interrupted (exact: the checkpoints are at epoch
 boundaries, and the data order and augmentation are a function of (seed, epoch)).
 
@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -130,16 +129,38 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
     per_epoch = (time.monotonic() - started) / EPOCHS
 
     def remaining(resume_args: list[str]) -> float:
-        done = 0
-        if resume_args is not args:
-            done = checkpoints.resume_epoch(runs.newest_complete(only_run(killed_cwd) / "checkpoints"))
+        if resume_args == args:
+            return EPOCHS * per_epoch
+        done = checkpoints.resume_epoch(runs.newest_complete(only_run(killed_cwd) / "checkpoints"))
         return (EPOCHS - done) * per_epoch
 
     rng = random.Random(int(os.environ.get("EFFNET_KILL_SEED", "5")))
-    resume_args = args
-    kills = []
     ckpts = killed_cwd / "outputs" / "train"
+
+    # First a graceful stop (SIGTERM; or Ctrl-C, SLURM's SIGUSR1): the step finishes,
+    # interrupted.ckpt is written, and one line holds the command that resumes the run.
+    proc = start(args, killed_cwd)
+    wait_for(lambda: scans(killed_cwd) > 0, proc)  # the signal handlers are in
+    time.sleep(rng.uniform(0, 0.3 * remaining(args)))
+    proc.send_signal(STOP_SIGNAL)
+    rc, output = finish(proc)
+    assert rc == 128 + STOP_SIGNAL, output[-3000:]
+    line = next(
+        ln for ln in output.splitlines() if ln.startswith(f"effnet: interrupted by {STOP_SIGNAL.name}")
+    )
+    run_dir = only_run(killed_cwd)
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    all_checkpoints_complete(run_dir)
+    command = shlex.split(re.search(r"resume with: (.*?)  \(", line).group(1))
+    assert command[0] == "python" and command[-1] == f"ckpt_path={run_dir}"
+    assert command[2:-1] == args
+    resume_args = command[2:]  # the printed command is what the next attempts run
+
+    # Then SIGKILL at random moments, and while checkpoints are being written.
+    kills = [STOP_SIGNAL.name]
     for point in range(KILL_POINTS):
+        if not remaining(resume_args):  # a kill after the last epoch's checkpoint: nothing left
+            break
         during_write = point % 3 == 1
         env = {"EFFNET_CKPT_WRITE_DELAY_S": "2"} if during_write else None
         before = scans(killed_cwd)
@@ -154,42 +175,17 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         finish(proc)
         kills.append("during a checkpoint write" if during_write else "random")
         assert hit, "the run ended before it could be killed"
-        run_dir = only_run(killed_cwd)
         all_checkpoints_complete(run_dir)
-        if runs.newest_complete(run_dir / "checkpoints") is None:  # killed in start-up: start again
-            shutil.rmtree(run_dir)
-            resume_args = args
-        else:
-            resume_args = [*args, f"ckpt_path={run_dir}"]
-        if not remaining(resume_args):  # a kill after the last epoch's checkpoint: nothing left to stop
-            break
 
-    # SIGTERM (Ctrl-C, SLURM's SIGUSR1): the step finishes, interrupted.ckpt is written, one line
-    # says how to resume
-    assert remaining(resume_args) or KILL_POINTS > 2, "the default chain must leave a run to stop"
-    if not remaining(resume_args):
-        return compare(only_run(killed_cwd), reference, kills)
-    before = scans(killed_cwd)
-    proc = start(resume_args, killed_cwd)
-    wait_for(lambda: scans(killed_cwd) > before, proc)  # the signal handlers are in
-    time.sleep(rng.uniform(0, 0.5 * remaining(resume_args)))
-    proc.send_signal(STOP_SIGNAL)
-    rc, output = finish(proc)
-    assert rc == 128 + STOP_SIGNAL, output[-3000:]
-    line = next(
-        ln for ln in output.splitlines() if ln.startswith(f"effnet: interrupted by {STOP_SIGNAL.name}")
-    )
-    run_dir = only_run(killed_cwd)
-    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
-    all_checkpoints_complete(run_dir)
-
-    command = shlex.split(re.search(r"resume with: (.*?)  \(", line).group(1))
-    assert command[0] == "python" and command[-1] == f"ckpt_path={run_dir}"
     final = subprocess.run(
-        [sys.executable, *command[1:]], cwd=killed_cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, str(TRAIN_PY), *resume_args],
+        cwd=killed_cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert final.returncode == 0, final.stderr[-3000:]
-    compare(run_dir, reference, [*kills, STOP_SIGNAL.name])
+    compare(run_dir, reference, kills)
 
 
 def compare(run_dir: Path, reference: Path, kills: list[str]) -> None:
