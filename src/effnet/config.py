@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from effnet import folders, runs
 from effnet.errors import UserError
 from effnet.recipes import AUG_LEVELS
+from effnet.scan import BAD_IMAGE_POLICIES, BALANCES
 
 PRECISIONS = (
     "32-true",
@@ -70,6 +71,9 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("data.val_fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.2", False),
     ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", lambda v: v == "auto" or (_is_int(v) and v >= 0), "auto or an integer >= 0", False),
+    ("data.on_bad_image", one_of(*BAD_IMAGE_POLICIES), "one of: " + ", ".join(BAD_IMAGE_POLICIES), False),
+    ("data.balance", one_of(*BALANCES), "one of: " + ", ".join(BALANCES), False),
+    ("data.max_image_pixels", int_at_least(1), "an integer >= 1, e.g. 100000000", False),
     (
         "model.backbone",
         lambda v: isinstance(v, str) and v != "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,20 +38,41 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def scan_classes(folder: Path) -> dict[str, list[str]]:
-    """Map each class subfolder to its sorted image paths (recursively); empty classes are dropped."""
+def class_folders(folder: Path) -> list[Path]:
+    """The class subfolders of `folder`: every visible directory, sorted by name."""
+    return [
+        Path(e.path)
+        for e in sorted(os.scandir(folder), key=lambda e: e.name)
+        if e.is_dir() and not e.name.startswith(".")
+    ]
+
+
+def files_in(class_folder: Path) -> list[str]:
+    """Every visible file below a class folder (recursively, following links), sorted."""
+    return sorted(
+        os.path.join(dirpath, f)
+        for dirpath, dirs, files in os.walk(class_folder, followlinks=True)
+        for f in files
+        if not f.startswith(".")
+    )
+
+
+def layout_folders(root: str | os.PathLike) -> list[Path]:
+    """The folders whose subfolders are classes: train/, val/ and test/ when present, else root."""
+    root = Path(root).expanduser()
+    if not (root / "train").is_dir():
+        return [root]
+    return [root / "train", *[p for p in (_subfolder(root, VAL_NAMES), root / "test") if p and p.is_dir()]]
+
+
+def scan_classes(folder: Path, exclude: Collection[str] = ()) -> dict[str, list[str]]:
+    """Map each class subfolder to its sorted image paths (recursively), leaving out `exclude`
+    (files the data scan found unusable); classes left empty are dropped."""
     classes: dict[str, list[str]] = {}
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        images = sorted(
-            os.path.join(dirpath, f)
-            for dirpath, _, files in os.walk(entry.path, followlinks=True)
-            for f in files
-            if is_image(f)
-        )
+    for class_folder in class_folders(folder):
+        images = [p for p in files_in(class_folder) if is_image(p) and p not in exclude]
         if images:
-            classes[entry.name] = images
+            classes[class_folder.name] = images
     return classes
 
 
@@ -78,8 +100,11 @@ def stratified_split(
     return train, val
 
 
-def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42) -> Split:
-    """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split."""
+def discover(
+    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42, exclude: Collection[str] = ()
+) -> Split:
+    """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split.
+    Files in `exclude` are left out before the split is drawn."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(
@@ -87,7 +112,7 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42)
         )
     train_dir, val_dir = root / "train", _subfolder(root, VAL_NAMES)
     held_out = not train_dir.is_dir()
-    train_by_class = scan_classes(root if held_out else train_dir)
+    train_by_class = scan_classes(root if held_out else train_dir, exclude)
     if not train_by_class:
         where = root if held_out else train_dir
         raise UserError(
@@ -104,7 +129,7 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42)
         train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
         held_out = True
     else:
-        val_by_class = scan_classes(val_dir)
+        val_by_class = scan_classes(val_dir, exclude)
         unknown = sorted(set(val_by_class) - set(classes))
         if unknown:
             raise UserError(
@@ -113,7 +138,9 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42)
             )
     test_dir = root / "test"
     test_by_class = (
-        {c: p for c, p in scan_classes(test_dir).items() if c in classes} if test_dir.is_dir() else {}
+        {c: p for c, p in scan_classes(test_dir, exclude).items() if c in classes}
+        if test_dir.is_dir()
+        else {}
     )
     return Split(
         root=str(root),
@@ -141,6 +168,17 @@ def load_split(run_dir: Path) -> Split | None:
     for key in ("train", "val", "test"):
         raw[key] = [tuple(s) for s in raw[key]]
     return Split(**raw)
+
+
+def without(split: Split, exclude: Collection[str]) -> Split:
+    """The same split minus files found unusable since it was saved (a resumed run)."""
+
+    def keep(samples: list[Sample]) -> list[Sample]:
+        return [s for s in samples if s[0] not in exclude]
+
+    return Split(
+        split.root, split.classes, keep(split.train), keep(split.val), keep(split.test), split.held_out
+    )
 
 
 def class_counts(samples: list[Sample], classes: list[str]) -> dict[str, int]:

@@ -8,9 +8,11 @@ start every rank as its own process, so there the name comes from the job id all
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 import time
+import zipfile
 from pathlib import Path
 
 from effnet.errors import UserError
@@ -18,6 +20,9 @@ from effnet.errors import UserError
 RUNS_ROOT = Path("outputs") / "train"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
+INTERRUPTED = "interrupted.ckpt"  # mid-epoch weights written on a signal; not a resume point
+
+log = logging.getLogger("effnet")
 
 
 def global_rank() -> int:
@@ -37,21 +42,64 @@ def new_run_dir() -> str:
     return str(RUNS_ROOT / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}")
 
 
+def is_complete(path: Path) -> bool:
+    """A torch checkpoint is a zip archive; a truncated one lacks the end-of-archive record."""
+    try:
+        return path.is_file() and path.stat().st_size > 0 and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def newest_complete(folder: Path) -> Path | None:
+    """folder/last.ckpt when it is whole, else the newest whole epoch-end checkpoint there.
+
+    Checkpoints are written atomically (effnet.checkpoints), so this fallback only matters for
+    files written by something else, or damaged afterwards.
+    """
+    last = folder / LAST
+    if is_complete(last):
+        return last
+    others = [p for p in folder.glob("*.ckpt") if p.name not in (LAST, INTERRUPTED) and is_complete(p)]
+    if not others:
+        return None
+    newest = max(others, key=lambda p: p.stat().st_mtime)
+    log.warning("%s is missing or incomplete: resuming from %s", last, newest)
+    return newest
+
+
 def find_checkpoint(ckpt_path: str) -> Path:
-    """`last` = the newest run's last.ckpt; a run folder = its last.ckpt; else the file itself."""
+    """`last` = the newest run's newest complete checkpoint; a run folder = its newest complete
+    checkpoint; else the file itself."""
     if ckpt_path == "last":
-        candidates = sorted(RUNS_ROOT.glob(f"*/{CHECKPOINTS}/{LAST}"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise UserError(
-                f"ckpt_path=last: no {RUNS_ROOT}/*/{CHECKPOINTS}/{LAST} to resume from in {Path.cwd()}"
-            )
-        return candidates[-1]
+        folders = sorted(
+            (p.parent for p in RUNS_ROOT.glob(f"*/{CHECKPOINTS}/*.ckpt")),
+            key=lambda f: max(c.stat().st_mtime for c in f.glob("*.ckpt")),
+            reverse=True,
+        )
+        for folder in dict.fromkeys(folders):
+            if found := newest_complete(folder):
+                return found
+        raise UserError(
+            f"ckpt_path=last: no {RUNS_ROOT}/*/{CHECKPOINTS}/{LAST} (nor another complete checkpoint) "
+            f"to resume from in {Path.cwd()}"
+        )
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
-        path = path / CHECKPOINTS / LAST
+        folder = path / CHECKPOINTS
+        found = newest_complete(folder) if folder.is_dir() else None
+        if found is None:
+            raise UserError(
+                f"ckpt_path={ckpt_path}: no complete checkpoint in {folder}; pass a .ckpt file, a run folder or 'last'"
+            )
+        return found
     if not path.is_file():
         raise UserError(
             f"ckpt_path={ckpt_path}: no checkpoint at {path}; pass a .ckpt file, a run folder or 'last'"
+        )
+    if not is_complete(path):
+        raise UserError(
+            f"ckpt_path={ckpt_path}: {path} is truncated or not a checkpoint; pass its run folder to use "
+            "the newest complete one"
         )
     return path
 

@@ -6,6 +6,7 @@ device decide the batch plan, and only then are the module, the loaders and the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -15,8 +16,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from effnet import folders, recipes, runs
+from effnet import balance, checkpoints, folders, interrupts, ranks, recipes, runs, scan
 from effnet.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar, write_json
 from effnet.data import ImageDataModule, default_workers
 from effnet.errors import UserError
@@ -42,16 +44,31 @@ def count_devices(devices, accelerator: str) -> int:
 
 
 def load_or_make_split(cfg: DictConfig, run_dir: Path) -> folders.Split:
-    """The run folder's split if it has one (resume), else a fresh one written there by rank 0."""
+    """Scan the folder, then the run folder's split if it has one (resume), else a fresh one
+    drawn from the usable files and written there by rank 0. Unusable files never enter a split."""
+    if cfg.data.generate_demo:
+        from effnet.demo import write_demo
+
+        write_demo(cfg.data.root)
+    Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the same limit
+    report = scan.scan_folder(
+        cfg.data.root,
+        cfg.data.max_image_pixels,
+        cache=scan.cache_path(cfg.data.root, cfg.data.max_image_pixels),
+    )
+    scan.enforce(report, cfg.data.on_bad_image)
     split = folders.load_split(run_dir)
     if split is None:
-        if cfg.data.generate_demo:
-            from effnet.demo import write_demo
-
-            write_demo(cfg.data.root)
-        split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
+        split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
         if runs.global_rank() == 0:
             folders.save_split(split, run_dir)
+    else:
+        split = folders.without(split, report.bad_files)
+    counts = folders.class_counts(split.train, split.classes)
+    scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
+    if runs.global_rank() == 0:
+        scan.log_report(report, cfg.data.on_bad_image)
+        write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
     return split
 
 
@@ -61,13 +78,6 @@ def choose_recipe(cfg: DictConfig, num_train: int) -> recipes.Recipe:
         row = cfg.data_size.rows[name]
     else:
         name, row = cfg.data_size.name, cfg.data_size
-    if num_train < cfg.data.min_images:
-        log.warning(
-            "only %d training images: fewer than the %d recommended for fine-tuning; "
-            "expect a noisy validation score",
-            num_train,
-            cfg.data.min_images,
-        )
     overrides = {k: cfg[k] for k in ("lr", "epochs", "batch_size", "dropout", "aug")}
     return recipes.resolve_recipe(overrides, name, row, cfg.model.dropout)
 
@@ -109,12 +119,24 @@ def quiet_libraries() -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one model; returns the summary that is also written to run_dir/summary.json."""
+    """Train one model; returns the summary that is also written to run_dir/summary.json.
+    A signal ends it with a checkpoint and the command that resumes it (effnet.interrupts)."""
+    stop = interrupts.Interrupts(run_dir / runs.CHECKPOINTS / runs.INTERRUPTED)
+    with stop.installed():
+        return _run(cfg, run_dir, stop)
+
+
+def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     started = time.perf_counter()
     quiet_libraries()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = runs.find_checkpoint(str(cfg.ckpt_path)) if cfg.ckpt_path else None
+    ckpt_dir = run_dir / runs.CHECKPOINTS
+    if runs.global_rank() == 0:  # before the other ranks exist
+        ranks.clear(run_dir)
+        for stale in checkpoints.remove_stale_temporaries(ckpt_dir):
+            log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
 
     split = load_or_make_split(cfg, run_dir)
     recipe = choose_recipe(cfg, len(split.train))
@@ -181,6 +203,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         module.net = convert_sync_batchnorm(module.net)
     if module.hparams.channels_last:
         module.net.to(memory_format=torch.channels_last)
+    if cfg.data.balance == "class_weights":
+        balance.weighted_loss(module, split.train, len(split.classes), cfg.model.label_smoothing)
 
     workers = default_workers(count_devices(cfg.trainer.devices, cfg.trainer.accelerator))
     datamodule = ImageDataModule(
@@ -192,6 +216,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         crop_pct=data_cfg.get("crop_pct", 0.875),
         interpolation=data_cfg.get("interpolation", "bicubic"),
         pin_memory=cuda,
+        seed=cfg.seed,
+        sample_weights=balance.sample_weights(split.train, len(split.classes))
+        if cfg.data.balance == "weighted_sampler"
+        else None,
     )
 
     resolved = {
@@ -223,7 +251,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if freeze and strategy == "ddp":
         strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
     checkpointing = ModelCheckpoint(
-        dirpath=run_dir / runs.CHECKPOINTS,
+        dirpath=ckpt_dir,
         filename="best",
         monitor="val/acc",
         mode="max",
@@ -231,13 +259,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         auto_insert_metric_name=False,
     )
     # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
-    latest = ModelCheckpoint(
-        dirpath=run_dir / runs.CHECKPOINTS, filename="last", save_top_k=1, enable_version_counter=False
-    )
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     throughput, best_epoch = Throughput(), BestEpoch()
-    callbacks = [checkpointing, latest, throughput, best_epoch, progress_bar(), LearningRateMonitor("step")]
     dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
-    callbacks.append(dashboards)
+    callbacks = [
+        checkpointing,
+        latest,
+        throughput,
+        best_epoch,
+        progress_bar(),
+        LearningRateMonitor("step"),
+        checkpoints.ResumeState(ckpt_dir / runs.LAST, datamodule.train_sampler),
+        stop,
+        ranks.RecordFailure(run_dir),
+        dashboards,
+    ]
     if freeze:
         callbacks.append(FreezeBackbone(freeze))
     loggers = build_loggers(cfg, run_dir, resolved)
@@ -249,11 +285,32 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         accumulate_grad_batches=plan.accumulate,
         callbacks=callbacks,
         logger=loggers or False,
+        plugins=[checkpoints.AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": resolved, "config": cfg}))
-    with finishing(loggers):  # a failed run's W&B run is closed too, or a sweep's next job would reuse it
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None:  # the epochs about to be replayed must not be logged twice
+            next_epoch = checkpoints.resume_epoch(checkpoint)
+            log.info("resuming from %s at the start of epoch %d", checkpoint, next_epoch + 1)
+            checkpoints.trim_metrics(run_dir / "metrics.csv", next_epoch)
+    # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
+    with finishing(loggers):
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        except Exception as exc:
+            ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
+            raise
+        except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
+            if stop.received is None:
+                raise
+            resume_from = runs.newest_complete(ckpt_dir)
+            interrupts.exit_interrupted(
+                stop.received,
+                trainer,
+                run_dir,
+                checkpoints.resume_epoch(resume_from) if resume_from else 0,
+                stop.written,
+            )
 
     epoch, best = best_epoch.best
     summary = {
