@@ -9,7 +9,7 @@ import torch
 
 from effnet.model import ClassifierModule
 from effnet.train import run
-from tests.conftest import FAST, compose_cfg, run_train
+from tests.conftest import FAST, compose_cfg, make_images, run_train
 
 SUMMARY_KEYS = {
     "model",
@@ -114,8 +114,11 @@ def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
     assert any(k.startswith("ema.") for k in state), "EMA weights are checkpointed"
 
 
-def test_ddp_two_processes_through_train_py(flat_folder, tmp_path):
-    args = [f"data.root={flat_folder}", *FAST, "trainer=ddp", "trainer.devices=2", "epochs=2"]
+def test_ddp_two_processes_through_train_py(tmp_path):
+    data = tmp_path / "data"  # 7 val images: 2 processes would need a padding repeat to split them evenly
+    make_images(data / "train", {"ant": 8, "bee": 8, "wasp": 8})
+    make_images(data / "val", {"ant": 3, "bee": 2, "wasp": 2}, seed=1)
+    args = [f"data.root={data}", *FAST, "trainer=ddp", "trainer.devices=2", "epochs=2"]
     result = run_train(args, cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dirs = list((tmp_path / "outputs" / "train").iterdir())
@@ -129,6 +132,9 @@ def test_ddp_two_processes_through_train_py(flat_folder, tmp_path):
     assert logs == ["train.log"], "only rank 0 writes a log"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert len(list(run_dir.rglob("*.ckpt"))) == 2  # best + last, once
+    # every val image counted once across both processes: no padding repeats in the metrics
+    with open(run_dir / "per_class.csv") as f:
+        assert sum(int(row["support"]) for row in csv.DictReader(f)) == summary["num_val_images"]
 
 
 def test_csv_tensorboard_and_offline_wandb_write_into_the_run_folder(flat_folder, tmp_path, monkeypatch):

@@ -108,6 +108,22 @@ class EpochSampler(Sampler):
             yield index, sample_seed(self.seed, epoch, position)
 
 
+def eval_sampler(dataset: Dataset) -> Sampler | None:
+    """In DDP, each process scores a disjoint share and every image exactly once.
+
+    Lightning's default DistributedSampler pads the shares to equal length with repeated images,
+    which the confusion matrix and val/acc would count twice. Validation has no per-step
+    collective, so uneven shares are safe. None outside DDP: Lightning's sequential default.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() == 1:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
 class ImageList(Dataset):
     """(path, label) pairs -> (uint8 CHW tensor, label).
 
@@ -223,7 +239,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.micro_batch,
-            sampler=self.train_sampler if train else None,
+            sampler=self.train_sampler if train else eval_sampler(dataset),
             drop_last=train and len(dataset) > self.micro_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
