@@ -167,7 +167,7 @@ class ResumeState(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # decided on what every rank knows alike: save_checkpoint waits for all ranks
         if trainer.ckpt_path is None:
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)  # the full state, to resume
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self._pending is not None:

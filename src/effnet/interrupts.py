@@ -76,7 +76,7 @@ class Interrupts(Callback):
         if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
             return
         # no barrier here (trainer.save_checkpoint has one): the other ranks may be gone already
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
         self.written = self.path
 

@@ -296,7 +296,12 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(checkpoint) if checkpoint else None,
+                weights_only=True,  # resume never unpickles code, whoever wrote the file
+            )
         except Exception as exc:
             ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
             raise
