@@ -60,7 +60,7 @@ def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path, cap
     assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["classes"] == ["ant", "bee", "wasp"]
 
 
-def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_path):
+def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_path, caplog):
     run_dir = tmp_path / "run"
     base = [f"data.root={flat_folder}", *FAST]
     run(compose_cfg([*base, "epochs=1"]), run_dir)
@@ -68,7 +68,9 @@ def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_
     first = torch.load(last, weights_only=True)
     split_before = (run_dir / "split.json").read_text()
 
-    summary = run(compose_cfg([*base, "epochs=2", f"ckpt_path={last}"]), run_dir)
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        summary = run(compose_cfg([*base, "epochs=2", f"ckpt_path={last}"]), run_dir)
+    assert "schedule was built for 1 epochs" in caplog.text, "a changed epochs= is not silently ignored"
     second = torch.load(last, weights_only=True)
     assert summary["epochs_completed"] == 2 and summary["resumed_from"] == str(last)
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]

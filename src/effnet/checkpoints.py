@@ -78,6 +78,13 @@ def resume_epoch(checkpoint: Path) -> int:
     return int(state.get("epoch", -1)) + 1  # a checkpoint from before effnet recorded it
 
 
+def planned_epochs(checkpoint: Path) -> int | None:
+    """The epoch count the checkpoint's learning-rate schedule was built for (mmap: no full read)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    epochs = (state.get("hyper_parameters") or {}).get("epochs")
+    return None if epochs is None else int(epochs)
+
+
 def trim_metrics(metrics_csv: Path, next_epoch: int) -> int:
     """Drop the rows of epochs the resumed run is about to replay, so none is logged twice."""
     if not metrics_csv.is_file():

@@ -292,6 +292,16 @@ def _run(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         if checkpoint is not None:  # the epochs about to be replayed must not be logged twice
             next_epoch = checkpoints.resume_epoch(checkpoint)
             log.info("resuming from %s at the start of epoch %d", checkpoint, next_epoch + 1)
+            planned = checkpoints.planned_epochs(checkpoint)
+            if planned is not None and planned != recipe.epochs:  # timm restores its schedule's length
+                log.warning(
+                    "epochs=%d, but the checkpoint's learning-rate schedule was built for %d epochs and "
+                    "is restored as it was (after epoch %d the lr stays at scheduler.min_lr); start a new "
+                    "run to train on a different schedule",
+                    recipe.epochs,
+                    planned,
+                    planned,
+                )
             checkpoints.trim_metrics(run_dir / "metrics.csv", next_epoch)
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
