@@ -72,11 +72,11 @@ def compose_cfg(overrides: list[str]):
 
 
 def run_train(
-    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None
+    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, script: Path = TRAIN_PY
 ) -> subprocess.CompletedProcess:
-    """train.py in a fresh process, as a user runs it."""
+    """train.py (or another entry script) in a fresh process, as a user runs it."""
     return subprocess.run(
-        [sys.executable, str(TRAIN_PY), *args],
+        [sys.executable, str(script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from effnet import checkpoints, interrupts, runs
-from tests.conftest import TRAIN_PY, make_images
+from tests.conftest import TRAIN_PY, make_images, run_train
 
 METRICS = ("epoch", "step", "train/loss_epoch", "val/loss", "val/acc")
 # A longer soak: EFFNET_KILL_POINTS=10 EFFNET_KILL_SEED=7 EFFNET_STOP_SIGNAL=SIGINT pytest tests/test_interrupts.py
@@ -177,13 +177,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path)
         assert hit, "the run ended before it could be killed"
         all_checkpoints_complete(run_dir)
 
-    final = subprocess.run(
-        [sys.executable, str(TRAIN_PY), *resume_args],
-        cwd=killed_cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    final = run_train(resume_args, cwd=killed_cwd)
     assert final.returncode == 0, final.stderr[-3000:]
     compare(run_dir, reference, kills)
 

@@ -4,12 +4,10 @@ and the last line the user reads is rank 1's error."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import CONF_DIR, FAST, make_images
+from tests.conftest import CONF_DIR, FAST, make_images, run_train
 
 # train.py, except that rank 1 raises in its second training step. Lightning's launcher starts
 # rank 1 by running this same script again, so the fault travels with it.
@@ -54,14 +52,7 @@ def test_a_failing_rank_ends_every_rank_and_its_error_is_shown(tmp_path):
         "trainer.devices=2",
         "epochs=2",
     ]
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    result = run_train(args, cwd=tmp_path, script=script)
     ended = time.time()
     assert result.returncode != 0
     (record,) = tmp_path.glob("outputs/train/*/failures/rank-1.txt")

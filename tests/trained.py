@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from effnet.train import run
-from tests.conftest import FAST, ROOT, compose_cfg, make_images
+from tests.conftest import FAST, ROOT, compose_cfg, make_images, run_train
 
 CLASSES = {"ant": 10, "bee": 10, "wasp": 10}
 TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]
@@ -21,14 +19,7 @@ TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """eval.py / predict.py / export.py in a fresh process, as a user runs them."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return run_train(args, cwd=cwd, timeout=timeout, script=ROOT / script)
 
 
 @functools.cache
