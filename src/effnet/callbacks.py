@@ -3,8 +3,6 @@ and the dashboards (curves, confusion matrix, sample predictions) on disk and in
 
 from __future__ import annotations
 
-import csv
-import json
 import platform
 import statistics
 import sys
@@ -15,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from lightning.pytorch.callbacks.progress import ProgressBar
 
+from effnet.files import write_csv
 from effnet.loggers import publish
 from effnet.metrics import per_class
 from effnet.plots import confusion_matrix_png, curves_png, prediction_order, predictions_png
@@ -36,8 +35,9 @@ class FreezeBackbone(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._frozen(trainer):
             BaseFinetuning.freeze(pl_module.net.backbone, train_bn=False)
-        else:
+        else:  # make_trainable restores gradients only: the mode set while frozen must be undone too
             BaseFinetuning.make_trainable(pl_module.net.backbone)
+            pl_module.net.backbone.train()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._frozen(trainer):  # validation switches everything back to train mode
@@ -147,13 +147,6 @@ class BestEpoch(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = {int(k): v for k, v in state_dict["history"].items()}
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 # Per-epoch values drawn in curves.png and kept (with the epoch and lr) in Dashboards.history.
@@ -301,13 +294,3 @@ class Dashboards(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict["history"])
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write-then-rename, like write_json."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)

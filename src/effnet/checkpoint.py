@@ -155,7 +155,7 @@ def preprocessing(module) -> Preprocessing:
 
 
 def write_bundle_meta(folder: Path, prep: Preprocessing, classes: Sequence[str]) -> None:
-    from effnet.callbacks import write_json
+    from effnet.files import write_json
 
     write_json(folder / PREPROCESSING_FILE, prep.to_json())
     write_json(folder / LABELS_FILE, list(classes))

@@ -26,6 +26,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from effnet.files import write_csv
+
 TMP_SUFFIX = ".tmp"
 STATE_KEY = "effnet_resume"
 # Test hook: seconds to wait between writing the temporary file and renaming it, so a test can
@@ -72,7 +74,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def resume_epoch(checkpoint: Path) -> int:
     """The epoch a resumed run starts (0-based): the one after the last completed epoch."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # no full read
     if STATE_KEY in state:
         return int(state[STATE_KEY]["next_epoch"])
     return int(state.get("epoch", -1)) + 1  # a checkpoint from before effnet recorded it
@@ -94,12 +96,7 @@ def trim_metrics(metrics_csv: Path, next_epoch: int) -> int:
         fields, rows = reader.fieldnames or [], list(reader)
     kept = [r for r in rows if not r.get("epoch") or int(float(r["epoch"])) < next_epoch]
     if len(kept) < len(rows):
-        tmp = metrics_csv.with_name(metrics_csv.name + TMP_SUFFIX)
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, metrics_csv)
+        write_csv(metrics_csv, kept, fields)
     return len(rows) - len(kept)
 
 

@@ -7,7 +7,6 @@ scoring serves export.py, where it measures what each exported file really gets 
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from omegaconf import DictConfig
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
 from effnet import folders, metrics, plots
-from effnet.callbacks import write_json
 from effnet.errors import UserError
+from effnet.files import write_csv, write_json
 from effnet.folders import Sample
 from effnet.predict import Predictor, infer, softmax
 
@@ -136,21 +135,25 @@ def labelled_samples(
 
 
 def write_confusion_csv(confmat: list[list[int]], classes: list[str], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, confmat, strict=True):
-            writer.writerow([name, *row])
+    header = ["true \\ predicted", *classes]
+    rows = [dict(zip(header, [name, *row], strict=True)) for name, row in zip(classes, confmat, strict=True)]
+    write_csv(path, rows, header)
 
 
 def write_predictions_csv(scored: Scored, classes: list[str], path: Path) -> None:
-    probs = softmax(scored.logits)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "confidence", "correct"])
-        for (p, y), row in zip(scored.samples, probs, strict=True):
-            pred = int(row.argmax())
-            writer.writerow([p, classes[y], classes[pred], f"{row[pred]:.6f}", int(pred == y)])
+    rows = []
+    for (p, y), row in zip(scored.samples, softmax(scored.logits), strict=True):
+        pred = int(row.argmax())
+        rows.append(
+            {
+                "path": p,
+                "true": classes[y],
+                "predicted": classes[pred],
+                "confidence": f"{row[pred]:.6f}",
+                "correct": int(pred == y),
+            }
+        )
+    write_csv(path, rows, ["path", "true", "predicted", "confidence", "correct"])
 
 
 def misclassified_png(scored: Scored, predictor: Predictor, path: Path, limit: int) -> Path | None:

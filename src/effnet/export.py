@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from effnet import checkpoint, folders, runs
-from effnet.callbacks import write_json
 from effnet.errors import UserError
 from effnet.evaluate import evaluate, find_run_dir, labelled_samples
+from effnet.files import write_json
 from effnet.predict import CONFIG_FILE, Predictor, batches, load_predictor
 from effnet.progress import track
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from effnet.errors import UserError
+from effnet.files import write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VAL_NAMES = ("val", "valid", "validation")
@@ -153,11 +154,7 @@ def discover(
 
 
 def save_split(split: Split, run_dir: Path) -> Path:
-    path = run_dir / SPLIT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split.__dict__, indent=1))
-    tmp.replace(path)
-    return path
+    return write_json(run_dir / SPLIT_FILE, split.__dict__, indent=1)
 
 
 def load_split(run_dir: Path) -> Split | None:

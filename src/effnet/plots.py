@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from effnet.files import temporary
+
 # Cell numbers stop being readable past this many classes; the colours still are.
 MAX_ANNOTATED_CLASSES = 25
 
@@ -28,7 +30,7 @@ def _figure(width: float, height: float):
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     fig.savefig(tmp, format="png")
     tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
     return path

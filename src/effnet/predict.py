@@ -7,9 +7,7 @@ benchmarks use the same loaders, so the numbers they report are about the file a
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 import sys
@@ -25,6 +23,7 @@ from effnet import checkpoint
 from effnet.checkpoint import Preprocessing
 from effnet.data import default_workers, load_rgb
 from effnet.errors import UserError
+from effnet.files import csv_text, write_text
 from effnet.progress import track
 
 ONNX_FILES = ("model.int8.onnx", "model.onnx")  # a bundle's preferred model first
@@ -244,14 +243,12 @@ def rows(paths: Sequence[Path], logits: np.ndarray, skipped: dict[int, str], cla
 
 def to_csv(results: list[dict], k: int) -> str:
     header = ["path"] + [f"{what}{j}" for j in range(1, k + 1) for what in ("label", "prob")] + ["error"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    rows = []
     for r in results:
         cells = [v for p in r["predictions"] for v in (p["label"], f"{p['probability']:.6f}")]
         cells += [""] * (2 * k - len(cells))
-        writer.writerow([r["path"], *cells, r.get("error", "")])
-    return buffer.getvalue()
+        rows.append(dict(zip(header, [r["path"], *cells, r.get("error", "")], strict=True)))
+    return csv_text(rows, header, lineterminator="\n")
 
 
 def write(results: list[dict], out: str, k: int) -> None:
@@ -262,9 +259,7 @@ def write(results: list[dict], out: str, k: int) -> None:
         return
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
 
 
 def run(cfg) -> dict:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from effnet.files import write_text
+
 FAILURES = "failures"
 WAIT_S = 1.0  # for a record from another rank, when this rank's looks like the first
 
@@ -34,10 +36,7 @@ def record(run_dir: Path, rank: int, exc: BaseException) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"rank-{rank}.txt"
     text = f"{time.time():.6f} {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text + "".join(traceback.format_exception(exc)))
-    tmp.replace(path)
-    return path
+    return write_text(path, text + "".join(traceback.format_exception(exc)))
 
 
 def first_failure(run_dir: Path, rank: int, wait_s: float = WAIT_S) -> tuple[int, str, Path] | None:

@@ -12,7 +12,6 @@ report.md, report.csv and report.png into the sweep folder and prints the markdo
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from effnet.errors import UserError, exit_with
+from effnet.files import write_csv, write_text
 
 # Result columns shown after the swept parameters, when the summaries have them.
 RESULT_COLUMNS = ("best_epoch", "best_val_f1", "epochs_completed", "train_images_per_sec", "wall_time_s")
@@ -138,11 +138,8 @@ def write_report(sweep_dir: Path, metric: str = "best_val_acc", minimize: bool =
         "csv": sweep_dir / "report.csv",
         "plot": sweep_dir / "report.png",
     }
-    paths["markdown"].write_text(text)
-    with paths["csv"].open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(paths["markdown"], text)
+    write_csv(paths["csv"], rows)
     points = [{**j["overrides"], metric: _score(j, metric)} for j in ranked]
     metric_vs_params_png(points, params, metric, paths["plot"], best=points[0] if best is not None else None)
     return {"text": text, "best": best, "rows": rows, "params": params, **paths}

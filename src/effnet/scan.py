@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from effnet import folders
 from effnet.errors import UserError
+from effnet.files import write_json
 
 log = logging.getLogger("effnet")
 
@@ -107,9 +108,7 @@ def _load_cache(path: Path) -> dict:
 
 def _save_cache(path: Path, entries: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries))
-    tmp.replace(path)
+    write_json(path, entries, indent=None)
 
 
 def check_files(paths: list[str], max_pixels: int, cache: Path | None, workers: int) -> tuple[dict, int]:

@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from effnet import balance, checkpoints, folders, interrupts, ranks, recipes, runs, scan
-from effnet.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar, write_json
+from effnet.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
 from effnet.data import ImageDataModule, default_workers
 from effnet.errors import UserError
+from effnet.files import write_json
 from effnet.loggers import build_loggers, finishing
 from effnet.model import ClassifierModule, load_pretrained, load_weights
 
