@@ -83,14 +83,14 @@ def scans(cwd: Path) -> int:
 
 def epoch_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val/acc")]
-    epoch_rows = {}
-    with open(run_dir / "metrics.csv") as f:
-        for r in csv.DictReader(f):
-            if r.get("train/loss_epoch"):
-                epoch_rows[r["epoch"]] = r["train/loss_epoch"]
+        reader = csv.DictReader(f)
+        assert set(METRICS) <= set(reader.fieldnames or []), "a compared metric is not logged at all"
+        all_rows = list(reader)
+    epoch_rows = {r["epoch"]: r["train/loss_epoch"] for r in all_rows if r["train/loss_epoch"]}
     return [
-        {**{k: r[k] for k in METRICS if k in r}, "train/loss_epoch": epoch_rows.get(r["epoch"])} for r in rows
+        {**{k: r[k] for k in METRICS}, "train/loss_epoch": epoch_rows.get(r["epoch"])}
+        for r in all_rows
+        if r["val/acc"]
     ]
 
 

@@ -26,7 +26,7 @@ from effnet.folders import Sample, Split
 log = logging.getLogger("effnet")
 
 # What a file that went bad after the scan raises while decoding (PIL uses all of these).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def load_rgb(path: str, min_size: int) -> Image.Image:
@@ -226,7 +226,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         # A random crop keeping `scale[0]` of the area needs 1/sqrt(scale[0]) times the output size.
         train_decode = math.ceil(image_size / math.sqrt(level["scale"][0]))
-        eval_decode = math.ceil(image_size / crop_pct)
+        eval_decode = int(image_size / crop_pct)  # timm's eval resize (floor), as checkpoint.Preprocessing
         self.train_set = ImageList(
             split.train, train_transform(image_size, level, interpolation), train_decode
         )
