@@ -6,8 +6,8 @@ python eval.py --help
 
 from pathlib import Path
 
-from effnet.cli import main
-from effnet.commands import eval_task
+from effnet.cli.app import main
+from effnet.cli.tasks import eval_task
 
 if __name__ == "__main__":
     main(config_dir=Path(__file__).resolve().parent / "conf", config_name="eval", task=eval_task)

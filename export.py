@@ -6,8 +6,8 @@ python export.py --help
 
 from pathlib import Path
 
-from effnet.cli import main
-from effnet.commands import export_task
+from effnet.cli.app import main
+from effnet.cli.tasks import export_task
 
 if __name__ == "__main__":
     main(config_dir=Path(__file__).resolve().parent / "conf", config_name="export", task=export_task)

@@ -6,8 +6,8 @@ python predict.py --help
 
 from pathlib import Path
 
-from effnet.cli import main
-from effnet.commands import predict_task
+from effnet.cli.app import main
+from effnet.cli.tasks import predict_task
 
 if __name__ == "__main__":
     main(config_dir=Path(__file__).resolve().parent / "conf", config_name="predict", task=predict_task)

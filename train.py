@@ -6,7 +6,7 @@ python train.py --help
 
 from pathlib import Path
 
-from effnet.cli import main
+from effnet.cli.app import main
 
 if __name__ == "__main__":
     main(config_dir=Path(__file__).resolve().parent / "conf", config_name="train")

@@ -1,49 +1,23 @@
-"""Shared fixtures: tiny synthetic image folders and composed configs. No network, no downloads."""
+"""Shared fixtures: tiny synthetic image folders, and one trained run and its exported bundle per
+session for the eval, predict and export tests. No network, no downloads."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from PIL import Image
 
-from effnet.cli import register_resolvers
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-TRAIN_PY = ROOT / "train.py"
+from effnet.cli.app import register_resolvers
+from tests.helpers import TINY, compose_cfg, make_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-# Small, fast and offline: what every training test adds to its overrides.
-FAST = [
-    "model.pretrained=false",
-    "image_size=32",
-    "batch_size=4",
-    "epochs=1",
-    "data.num_workers=0",
-    "scheduler.warmup_epochs=0",
-    "trainer.accelerator=cpu",
-]
 
-
-def make_images(folder: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
-    """folder/<class>/<i>.png with a class-specific colour, so a model can learn something."""
-    rng = np.random.default_rng(seed)
-    for c, (name, count) in enumerate(classes.items()):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            base = np.zeros((size, size, 3)) + 60
-            base[..., c % 3] = 200
-            pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / name / f"{i:03d}.png")
-    return folder
+@pytest.fixture(scope="session", autouse=True)
+def _resolvers():
+    register_resolvers()
 
 
 @pytest.fixture
@@ -61,25 +35,36 @@ def split_folder(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _resolvers():
-    register_resolvers()
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny MobileNetV3 trained for 2 epochs on 3 classes (shared: eval, predict, export)."""
+    from effnet.training.run import run
+
+    base = tmp_path_factory.mktemp("trained")
+    data = base / "data"
+    make_images(data / "train", {"ant": 10, "bee": 10, "wasp": 10}, size=40)
+    make_images(data / "val", {"ant": 4, "bee": 4, "wasp": 4}, size=40, seed=1)
+    run_dir = base / "run"
+    run(compose_cfg([f"data.root={data}", *TINY]), run_dir)
+    return run_dir
 
 
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+@pytest.fixture(scope="session")
+def onnx_bundle(trained_run: Path, tmp_path_factory) -> Path:
+    """ONNX fp32 + int8 through export.run. The tests use the legacy exporter (several times
+    faster than dynamo on a CPU); what they check about the bundle is the same for both."""
+    from effnet.deploy.export import run as export_run
 
-
-def run_train(
-    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, script: Path = TRAIN_PY
-) -> subprocess.CompletedProcess:
-    """train.py (or another entry script) in a fresh process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    out = tmp_path_factory.mktemp("bundle") / "onnx"
+    overrides = [
+        f"ckpt={trained_run}",
+        "quantize=int8",
+        f"out={out}",
+        "exporter=torchscript",
+        "bench.repeats=2",
+        "bench.batch_sizes=[1,4]",
+        "calibration.images=12",
+        "num_workers=0",
+    ]
+    export_run(compose_cfg(overrides, config_name="export"))
+    return out

@@ -3,7 +3,8 @@ import functools
 import pytest
 
 from effnet import recipes
-from tests.conftest import compose_cfg
+from effnet.plan import choose_recipe
+from tests.helpers import compose_cfg
 
 SEED_TABLE = {  # conf/data_size: the B0 fine-tuning recommendations
     "small": dict(lr=5e-4, epochs=30, batch_size=16, dropout=0.3, aug="heavy", max_images=1000),
@@ -56,14 +57,7 @@ def test_presets_resolve_to_their_recipe_on_b0(preset, expected):
     assert cfg.model.backbone == "efficientnet_b3"
     cfg = compose_cfg([f"preset={preset}"])
     assert cfg.model.backbone == "efficientnet_b0"
-    row_name = (
-        cfg.data_size.name
-        if cfg.data_size.name != "auto"
-        else recipes.pick_data_size(cfg.data_size.rows, 3000)
-    )
-    row = cfg.data_size if cfg.data_size.name != "auto" else cfg.data_size.rows[row_name]
-    overrides = {k: cfg[k] for k in ("lr", "epochs", "batch_size", "dropout", "aug")}
-    recipe = recipes.resolve_recipe(overrides, row_name, row, cfg.model.dropout)
+    recipe, _ = choose_recipe(cfg, num_train=3000)
     assert {k: getattr(recipe, k) for k in expected} == expected
 
 
@@ -164,3 +158,12 @@ def test_precision_follows_device_unless_set():
     assert recipes.pick_precision(None, on_cuda=True, bf16_supported=False) == "16-mixed"
     assert recipes.pick_precision(None, on_cuda=False, bf16_supported=False) == "32-true"
     assert recipes.pick_precision("bf16-mixed", on_cuda=False, bf16_supported=False) == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    "cores, devices, workers, threads",
+    [(2, 1, 1, 1), (16, 1, 8, 8), (16, 2, 7, 1), (64, 4, 8, 8), (1, 1, 1, 1), (8, 8, 1, 1)],
+)
+def test_workers_get_their_cores_and_threads_the_rest(cores, devices, workers, threads):
+    assert recipes.loader_workers(cores, devices) == workers
+    assert recipes.intra_op_threads(cores, devices, workers) == threads

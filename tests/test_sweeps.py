@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from effnet.recipes import AUG_LEVELS
 from effnet.report import write_report
-from tests.conftest import CONF_DIR, FAST, TRAIN_PY, make_images, run_train
+from tests.helpers import CONF_DIR, FAST, TRAIN_PY, make_images, run_train
 from tests.wandb_records import offline_runs
 
 TINY = [*FAST, "model=mobilenetv3_small"]

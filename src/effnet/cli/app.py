@@ -1,0 +1,141 @@
+"""Entry-point glue between Hydra and effnet; imports no torch, so --help and errors are instant.
+
+Config and data problems end as one line on stderr with exit status 2. HYDRA_FULL_ERROR=1
+brings back Hydra's full traceback for debugging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from effnet import runs, sweeps
+from effnet.cli.validate import validate, validate_command
+from effnet.errors import UserError, exit_with, one_line
+
+log = logging.getLogger("effnet")
+
+
+class ValidateBeforeRun(Callback):
+    """Hydra calls this after composing the config and before making the run folder.
+
+    Hydra turns exceptions from callbacks into warnings and carries on, so a bad value leaves
+    through SystemExit: nothing is written. `command` names the script (train, eval, predict,
+    export) whose rules apply. A dry run (train.py dry_run=true) ends here too, after printing
+    the plan: no run folder, no log file.
+    """
+
+    def __init__(self, command: str = "train") -> None:
+        self.command = command
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._validate_or_exit(config)
+        if self.command == "train" and config.get("dry_run"):
+            dry_run(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._validate_or_exit(config)
+        if self.command == "train" and config.get("dry_run"):
+            exit_with("dry_run=true shows one run's plan: drop -m (or run it once per value you sweep)")
+
+    def _validate_or_exit(self, config: DictConfig) -> None:
+        try:
+            if self.command == "train":
+                validate(config)
+            else:
+                validate_command(self.command, config)
+        except Exception as exc:
+            message = one_line(exc)
+            if message is None:
+                raise
+            exit_with(message)
+
+
+def dry_run(config: DictConfig) -> NoReturn:
+    """Print the run plan (data, recipe and why, batch plan, precision, preprocessing, the command
+    to start it) and exit 0, before Hydra makes a run folder."""
+    try:
+        from effnet.plan import print_plan, resolve
+
+        plan, _, _ = resolve(config)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)
+    print_plan(plan)
+    raise SystemExit(0)
+
+
+def register_resolvers() -> None:
+    for name, fn in (
+        ("effnet_run_dir", runs.run_dir_for),
+        ("effnet_log_file", runs.log_file),
+        ("effnet_rank_zero", runs.rank_zero_only),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+class SweepJobFailed(UserError):
+    """A multirun job failed; raised to Hydra, which records it and (basic sweeper) runs the rest."""
+
+
+def job_failed(cfg: DictConfig, hydra_cfg: DictConfig, exc: Exception) -> NoReturn:
+    """Log why a sweep job failed (with the traceback when it is a bug), leave error.txt in its
+    folder for the sweep report, then stop the sweep (sweep.fail_fast) or let Hydra go on."""
+    message = one_line(exc)
+    bug = message is None
+    message = message or f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    out = Path(hydra_cfg.runtime.output_dir)
+    log.error("%s failed: %s", job, message, exc_info=bug)
+    if runs.global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(message + "\n")
+    if cfg.sweep.fail_fast:
+        exit_with(f"{job} failed: {message}; stopped the sweep (sweep.fail_fast=true)")
+    raise SweepJobFailed(f"{job} failed: {message}; see {out}/train.log") from exc
+
+
+def train_task(cfg: DictConfig) -> float | None:
+    """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
+        from effnet.training.run import run  # the heavy imports start here
+
+        best = run(cfg, Path(hydra_cfg.runtime.output_dir))["best_val_acc"]
+        if best is None and multirun:
+            raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
+    except Exception as exc:
+        if multirun:
+            job_failed(cfg, hydra_cfg, exc)
+        if isinstance(exc, UserError):
+            exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
+        raise
+    return best
+
+
+def main(config_dir: Path, config_name: str, task=train_task) -> None:
+    """Run a Hydra app, turning the errors a user can fix into one line."""
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    register_resolvers()
+    app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
+    try:
+        app()
+    except Exception as exc:
+        message = None if show_traceback else one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)

@@ -1,0 +1,54 @@
+"""Hydra tasks behind eval.py, predict.py and export.py; like app.train_task, no torch at import.
+
+Each checks its values first (one line and exit 2 for a bad one, before any model is loaded),
+then imports the module that does the work.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from effnet.cli.validate import validate_command
+from effnet.errors import exit_with, one_line
+
+
+def _run(command: str, cfg: DictConfig, work) -> dict:
+    try:
+        validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
+        return work()
+    except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
+        message = one_line(exc)
+        if message is None:
+            raise
+        exit_with(message)
+
+
+def eval_task(cfg: DictConfig) -> float:
+    def work():
+        from effnet.deploy.evaluate import run
+
+        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+    return _run("eval", cfg, work)["top1"]
+
+
+def predict_task(cfg: DictConfig) -> None:
+    def work():
+        from effnet.deploy.predict import run
+
+        return run(cfg)
+
+    _run("predict", cfg, work)
+
+
+def export_task(cfg: DictConfig) -> None:
+    def work():
+        from effnet.deploy.export import run
+
+        return run(cfg, command=" ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]))
+
+    _run("export", cfg, work)

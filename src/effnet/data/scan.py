@@ -1,0 +1,255 @@
+"""Check every file of a data set once, before training, and say what is wrong with which.
+
+Real folders hold zero-byte files, truncated downloads, HTML saved as .jpg, 16-bit TIFFs and the
+odd 20,000 x 20,000 scan. Each file is opened and fully decoded (at a reduced JPEG scale) in a
+thread pool: Pillow releases the GIL while decoding. Results are cached by (size, mtime), so a
+second run, or a resumed one, only rechecks files that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from effnet.data import folders
+from effnet.errors import UserError
+from effnet.files import write_json
+
+log = logging.getLogger("effnet")
+
+BAD_IMAGE_POLICIES = ("skip", "error")
+BALANCES = ("none", "weighted_sampler", "class_weights")  # see effnet.data.balance
+CACHE_DIR = Path("outputs") / "cache"
+REPORT_FILE = "data_report.json"
+CACHE_VERSION = 1
+IMBALANCE_WARN = 3.0  # largest / smallest class above this: suggest data.balance
+SHOWN_ROWS = 20  # problems printed; data_report.json has them all
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+@dataclass
+class FileCheck:
+    """What the scan learned about one file; `reason` is None for a usable image."""
+
+    reason: str | None = None
+    mode: str | None = None
+    rotated: bool = False
+
+
+@dataclass
+class DataReport:
+    root: str
+    files: int = 0
+    usable: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    problems: list[dict] = field(default_factory=list)  # {"file", "reason"}
+    converted_to_rgb: dict[str, int] = field(default_factory=dict)  # original mode -> count
+    exif_rotated: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
+    imbalance_ratio: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def bad_files(self) -> set[str]:
+        """Image files that cannot be used (not folders, not files that are no image by name)."""
+        return {p["file"] for p in self.problems if folders.is_image(p["file"])}
+
+
+EMPTY_CLASS = "empty class folder: no usable images"
+
+
+def check_image(path: str, max_pixels: int) -> FileCheck:
+    """Open and decode one file the way the loader will, and name what stops it."""
+    try:
+        if os.path.getsize(path) == 0:
+            return FileCheck("empty file (0 bytes)")
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                return FileCheck(
+                    f"too many pixels: {width}x{height} = {width * height:,} > data.max_image_pixels="
+                    f"{max_pixels:,} (decompression bomb?)"
+                )
+            mode = img.mode
+            rotated = img.getexif().get(0x0112, 1) not in (0, 1)
+            img.draft("RGB", (64, 64))  # JPEG: decode every block, at 1/8 scale
+            img.load()
+            return FileCheck(mode=mode, rotated=rotated)
+    except Image.DecompressionBombError as exc:
+        return FileCheck(f"too many pixels (decompression bomb?): {exc}")
+    except UnidentifiedImageError:
+        return FileCheck("not an image: content is not a format Pillow can read")
+    except DECODE_ERRORS as exc:
+        return FileCheck(f"truncated or corrupt: {exc}")
+
+
+def cache_path(root: str, max_pixels: int) -> Path:
+    key = hashlib.sha1(f"{Path(root).expanduser().resolve()}|{max_pixels}|{CACHE_VERSION}".encode())
+    return CACHE_DIR / f"scan-{key.hexdigest()[:16]}.json"
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or one cut short: scan again
+
+
+def _save_cache(path: Path, entries: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, entries, indent=None)
+
+
+def check_files(paths: list[str], max_pixels: int, cache: Path | None, workers: int) -> tuple[dict, int]:
+    """{path: FileCheck} for every path, reusing cached results of unchanged files."""
+    entries = _load_cache(cache) if cache else {}
+    results, todo, signatures = {}, [], {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            results[path] = FileCheck(f"unreadable: {exc.strerror}")
+            continue
+        signatures[path] = [st.st_size, st.st_mtime_ns]
+        hit = entries.get(path)
+        if hit and hit[0] == signatures[path]:
+            results[path] = FileCheck(**hit[1])
+        else:
+            todo.append(path)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, check in zip(todo, pool.map(lambda p: check_image(p, max_pixels), todo), strict=True):
+            results[path] = check
+    if cache and todo:
+        _save_cache(cache, {p: [signatures[p], asdict(results[p])] for p in signatures})
+    return results, len(paths) - len(todo)
+
+
+def scan_folder(
+    root: str, max_pixels: int, workers: int | None = None, cache: Path | None = None
+) -> DataReport:
+    """Check every file under the class folders of `root` (both layouts)."""
+    started = time.perf_counter()
+    # above Image.MAX_IMAGE_PIXELS Pillow warns on open; the refusal below says it better
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    report = DataReport(root=str(root))
+    images, class_images = [], {}
+    for parent in folders.layout_folders(root):
+        for class_folder in folders.class_folders(parent):
+            files = folders.files_in(class_folder)
+            for path in files:
+                if folders.is_image(path):
+                    images.append(path)
+                else:
+                    report.problems.append(
+                        {"file": path, "reason": f"unsupported extension {Path(path).suffix or '(none)'}"}
+                    )
+            class_images[class_folder] = [p for p in files if folders.is_image(p)]
+    checks, report.cached = check_files(images, max_pixels, cache, workers or os.cpu_count() or 1)
+    report.files = len(images) + len(report.problems)
+    modes = Counter()
+    for path in images:
+        check = checks[path]
+        if check.reason:
+            report.problems.append({"file": path, "reason": check.reason})
+            continue
+        report.usable += 1
+        report.exif_rotated += check.rotated
+        if check.mode != "RGB":
+            modes[check.mode] += 1
+    for class_folder, paths in class_images.items():
+        if not any(checks[p].reason is None for p in paths):
+            report.problems.append({"file": f"{class_folder}{os.sep}", "reason": EMPTY_CLASS})
+    report.problems.sort(key=lambda p: p["file"])
+    report.converted_to_rgb = dict(sorted(modes.items()))
+    report.seconds = round(time.perf_counter() - started, 2)
+    return report
+
+
+def describe_balance(report: DataReport, counts: dict[str, int], balance: str, min_images: int) -> None:
+    """Record the training images per class, the imbalance ratio and the warnings that follow."""
+    report.class_counts = counts
+    smallest = min(counts.values()) if counts else 0
+    if smallest:
+        report.imbalance_ratio = round(max(counts.values()) / smallest, 2)
+    if report.imbalance_ratio and report.imbalance_ratio >= IMBALANCE_WARN:
+        rare = min(counts, key=counts.get)
+        common = max(counts, key=counts.get)
+        fix = (
+            " (data.balance=weighted_sampler or class_weights evens it out)"
+            if balance == "none"
+            else f" (data.balance={balance} compensates)"
+        )
+        report.warnings.append(
+            f"classes are imbalanced {report.imbalance_ratio}:1 ({common} {counts[common]} vs "
+            f"{rare} {counts[rare]} training images){fix}"
+        )
+    total = sum(counts.values())
+    if total < min_images:
+        report.warnings.append(
+            f"only {total} training images: fewer than the {min_images} recommended for fine-tuning; "
+            "expect a noisy validation score"
+        )
+
+
+def enforce(report: DataReport, policy: str) -> None:
+    """data.on_bad_image=error stops here, before anything is trained; skip carries on without them."""
+    bad = sorted(report.bad_files)
+    if bad and policy == "error":
+        shown = "; ".join(f"{p['file']}: {p['reason']}" for p in report.problems if p["file"] in set(bad[:3]))
+        raise UserError(
+            f"data.on_bad_image=error: {len(bad)} unusable file(s) in {report.root}, e.g. {shown}; "
+            "fix or remove them, or set data.on_bad_image=skip to train on the rest"
+        )
+
+
+def log_report(report: DataReport, policy: str) -> None:
+    """A summary line, then one row per problem (at most SHOWN_ROWS), then the warnings."""
+    extras = []
+    if report.converted_to_rgb:
+        extras.append(
+            "converted to RGB: " + ", ".join(f"{m} {n}" for m, n in report.converted_to_rgb.items())
+        )
+    if report.exif_rotated:
+        extras.append(f"{report.exif_rotated} rotated per EXIF")
+    log.info(
+        "data scan: %d files in %.1f s (%d cached): %d usable, %d problem(s)%s",
+        report.files,
+        report.seconds,
+        report.cached,
+        report.usable,
+        len(report.problems),
+        "; " + "; ".join(extras) if extras else "",
+    )
+    if report.problems:
+        root = Path(report.root).expanduser()
+        rows = [(_relative(p["file"], root), p["reason"]) for p in report.problems]
+        width = min(max(len(r[0]) for r in rows), 60)
+        action = "skipped" if policy == "skip" else "found"
+        lines = [
+            f"{len(rows)} problem(s) {action} (data.on_bad_image={policy}):",
+            f"  {'file':<{width}}  reason",
+        ]
+        lines += [f"  {f:<{width}}  {reason}" for f, reason in rows[:SHOWN_ROWS]]
+        if len(rows) > SHOWN_ROWS:
+            lines.append(f"  ... and {len(rows) - SHOWN_ROWS} more: see {REPORT_FILE} in the run folder")
+        log.warning("\n".join(lines))
+    for warning in report.warnings:
+        log.warning(warning)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path

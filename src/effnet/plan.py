@@ -1,0 +1,594 @@
+"""The run plan: every value a training run uses, resolved once from the config, the data and the device.
+
+Order matters, and this is the only place that knows it: the data decides the recipe row
+(data_size=auto counts the training images), the recipe and the device decide the batch plan and
+the precision, the backbone decides the preprocessing. Everything downstream (the module, the
+loaders, the Trainer, summary.json, resolved.yaml, the W&B config, the export bundle) reads the
+plan and derives nothing itself.
+
+`build` is a pure function of its inputs and imports no torch, so the arithmetic is unit-tested
+like effnet.recipes. `resolve` gathers those inputs (scan the folder, probe the device, ask timm
+for the backbone's preprocessing) and is what train.py and `dry_run=true` call.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from effnet import recipes
+from effnet.errors import UserError
+from effnet.preprocessing import Preprocessing
+
+RECIPE_KEYS = ("lr", "epochs", "batch_size", "dropout", "aug")
+# Trainer arguments the plan decides; the rest of the `trainer:` section passes through as given.
+PLANNED_TRAINER_KEYS = ("precision", "sync_batchnorm", "strategy")
+
+
+@dataclass(frozen=True)
+class Device:
+    """What this machine offers the run, probed once (see probe_device)."""
+
+    cuda: bool
+    per_node: int  # processes per node, as Lightning will count them
+    memory_bytes: int | None = None  # CUDA device 0
+    bf16: bool = False
+    name: str = "cpu"
+    cores: int = 1
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The data the plan was made for: what the scan found and how it was split."""
+
+    root: str
+    classes: tuple[str, ...]
+    train: int
+    val: int
+    test: int = 0
+    held_out: bool = False
+    files: int = 0
+    problems: int = 0
+    class_counts: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    """What rebuilds the network: the checkpoint carries it (nanoGPT's model_args)."""
+
+    backbone: str
+    classes: tuple[str, ...]
+    image_size: int
+    dropout: float
+    hidden: tuple[int, ...] = ()
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    scheduler: str = "cosine"
+    epochs: int = 10
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    ema_decay: float | None = None  # None: no weight averaging
+
+
+@dataclass(frozen=True)
+class Regularisation:
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    erase_prob: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # data.balance=class_weights
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the network runs on this device; not part of what a checkpoint rebuilds."""
+
+    channels_last: bool = False
+    grad_checkpointing: bool = False
+    sync_batchnorm: bool = False
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How images reach the device."""
+
+    augmentation: Mapping[str, Any]  # the `augment.<level>` block in use
+    workers: int
+    threads: int  # intra-op threads of each training process
+    pin_memory: bool
+    balance: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    data: DataFacts
+    recipe: recipes.Recipe
+    recipe_reason: str
+    recipe_sources: Mapping[str, str]  # key -> where its value came from
+    tier: str
+    batches: recipes.BatchPlan
+    precision: str
+    accelerator: str
+    devices: int  # processes per node
+    num_nodes: int
+    strategy: str
+    device_name: str
+    loading: Loading
+    preprocessing: Preprocessing
+    network: Network
+    optimisation: Optimisation
+    regularisation: Regularisation
+    runtime: Runtime
+    init: str | None  # "pretrained", a weights file, or None (random, or resumed from a checkpoint)
+    weights: str  # the same, in words
+    pretrained: bool  # ImageNet (or a weights file) rather than random init, resumed or not
+    resume: str | None
+    freeze_epochs: int
+    seed: int
+    trainer: Mapping[str, Any]  # lightning.Trainer arguments
+    command: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    def module_args(self) -> dict:
+        """ClassifierModule's sections, as plain values (the checkpoint stores them)."""
+        return {
+            "network": _plain(asdict(self.network)),
+            "preprocessing": self.preprocessing.as_dict(),
+            "optimisation": _plain(asdict(self.optimisation)),
+            "regularisation": _plain(asdict(self.regularisation)),
+            "runtime": asdict(self.runtime),
+        }
+
+    def summary(self) -> dict:
+        """The run's setup: the first half of summary.json, resolved.yaml and the W&B config."""
+        r, b = self.recipe, self.batches
+        return {
+            "model": self.network.backbone,
+            "image_size": self.network.image_size,
+            "num_classes": len(self.network.classes),
+            "classes": list(self.network.classes),
+            "num_train_images": self.data.train,
+            "num_val_images": self.data.val,
+            "data_size": r.data_size,
+            "epochs": r.epochs,
+            "lr": r.lr,
+            "batch_size": r.batch_size,
+            "dropout": r.dropout,
+            "aug": r.aug,
+            "gpu_tier": self.tier,
+            "devices": self.world_size,
+            "micro_batch_size": b.micro_batch,
+            "accumulate_grad_batches": b.accumulate,
+            "grad_checkpointing": b.grad_checkpointing,
+            "precision": self.precision,
+            "strategy": self.strategy,
+            "channels_last": self.runtime.channels_last,
+            "num_workers": self.loading.workers,
+            "threads": self.loading.threads,
+            "pretrained": self.pretrained,
+            "weights": self.weights,
+            "preprocessing": self.preprocessing.as_dict(),
+        }
+
+    def trainer_args(self) -> dict:
+        return {
+            **self.trainer,
+            "strategy": self.strategy,
+            "precision": self.precision,
+            "max_epochs": self.recipe.epochs,
+            "accumulate_grad_batches": self.batches.accumulate,
+        }
+
+
+def _plain(value):
+    """Tuples to lists, recursively: checkpoints are read back with weights_only=True."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure part: config + data + device -> plan
+
+
+def choose_recipe(cfg: DictConfig, num_train: int, preset: str | None = None) -> tuple[recipes.Recipe, str]:
+    """The data_size row (counted or named) filled in by the top-level values, and why that row."""
+    if cfg.data_size.name == "auto":
+        name = recipes.pick_data_size(cfg.data_size.rows, num_train)
+        row = cfg.data_size.rows[name]
+        bound = row.max_images
+        reason = (
+            f"data_size=auto: {num_train:,} training images < {bound:,}"
+            if bound is not None
+            else f"data_size=auto: {num_train:,} training images, the largest row"
+        )
+    else:
+        name, row = cfg.data_size.name, cfg.data_size
+        reason = f"data_size={name}" + (f" (from preset={preset})" if preset else "") + ", images not counted"
+    overrides = {k: cfg[k] for k in RECIPE_KEYS}
+    return recipes.resolve_recipe(overrides, name, row, cfg.model.dropout), reason
+
+
+def recipe_sources(cfg: DictConfig, row: str, cli_overrides: Sequence[str], preset: str | None) -> dict:
+    """Where each recipe value came from: your command line, the preset, or the data_size row."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in cli_overrides}
+    sources = {}
+    for key in RECIPE_KEYS:
+        if key in given:
+            sources[key] = "command line"
+        elif cfg[key] is not None:
+            sources[key] = f"preset={preset}" if preset else "config"
+        elif key == "dropout":
+            sources[key] = f"{row} row, shifted for {cfg.model.backbone}"
+        else:
+            sources[key] = f"{row} row"
+    return sources
+
+
+def choose_tier(cfg: DictConfig, device: Device) -> tuple[str, int | None, list[str]]:
+    """(tier name, its B0 micro-batch, warnings)."""
+    if cfg.gpu.name != "auto":
+        warnings = []
+        if cfg.gpu.name != "cpu" and not device.cuda:
+            warnings.append(
+                f"gpu={cfg.gpu.name} but no CUDA device is in use: training on the CPU with that tier's batch plan"
+            )
+        return cfg.gpu.name, cfg.gpu.b0_batch, warnings
+    name = recipes.pick_tier(cfg.gpu.tiers, device.memory_bytes if device.cuda else None)
+    return name, cfg.gpu.tiers[name].b0_batch, []
+
+
+def class_weights(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[float, ...]:
+    """n / (k * count): 1 for every class of a balanced set, larger for rare classes."""
+    total = sum(counts.get(c, 0) for c in classes)
+    return tuple(round(total / (len(classes) * max(1, counts.get(c, 0))), 6) for c in classes)
+
+
+def init_weights(cfg: DictConfig, resume: str | None) -> tuple[str | None, str]:
+    """(what the module loads at construction, the same in words)."""
+    if resume:
+        return None, f"from the checkpoint {resume}"
+    if cfg.model.weights:
+        return str(Path(str(cfg.model.weights)).expanduser()), f"file {cfg.model.weights}"
+    if cfg.model.pretrained:
+        return "pretrained", f"ImageNet ({cfg.model.backbone})"
+    return None, "random"
+
+
+def build(
+    cfg: DictConfig,
+    data: DataFacts,
+    device: Device,
+    preprocessing: Preprocessing,
+    *,
+    resume: str | None = None,
+    cli_overrides: Sequence[str] = (),
+    preset: str | None = None,
+    argv: Sequence[str] | None = None,
+) -> RunPlan:
+    """Resolve every value of the run. Raises UserError for a combination that cannot run."""
+    recipe, reason = choose_recipe(cfg, data.train, preset)
+    image_size = int(cfg.image_size or cfg.model.image_size)
+    devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
+    tier, b0_batch, warnings = choose_tier(cfg, device)
+    try:
+        batches = recipes.plan_batches(
+            recipe.batch_size,
+            devices * num_nodes,
+            b0_batch=b0_batch,
+            memory_factor=cfg.model.memory_factor,
+            image_size=image_size,
+            min_micro_batch=cfg.gpu.min_micro_batch,
+            checkpointing_gain=cfg.gpu.checkpointing_gain,
+            grad_checkpointing=cfg.model.grad_checkpointing,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    level = OmegaConf.to_container(cfg.augment[recipe.aug], resolve=True)
+    balance = cfg.data.balance
+    if balance == "class_weights" and (level["mixup"] > 0 or level["cutmix"] > 0):
+        raise UserError(
+            f"data.balance=class_weights does not combine with mixup/cutmix (aug={recipe.aug} mixes labels); "
+            f"use data.balance=weighted_sampler, or set augment.{recipe.aug}.mixup=0 augment.{recipe.aug}.cutmix=0"
+        )
+    classes = tuple(data.classes)
+    workers = (
+        recipes.loader_workers(device.cores, devices)
+        if cfg.data.num_workers == "auto"
+        else int(cfg.data.num_workers)
+    )
+    strategy = str(cfg.trainer.strategy)
+    if cfg.model.freeze_epochs and strategy == "ddp":
+        strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
+    init, weights = init_weights(cfg, resume)
+    trainer = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+        if k not in PLANNED_TRAINER_KEYS and v is not None
+    }
+    return RunPlan(
+        data=data,
+        recipe=recipe,
+        recipe_reason=reason,
+        recipe_sources=recipe_sources(cfg, recipe.data_size, cli_overrides, preset),
+        tier=tier,
+        batches=batches,
+        precision=recipes.pick_precision(cfg.trainer.precision, device.cuda, device.bf16),
+        accelerator="cuda" if device.cuda else "cpu",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        device_name=device.name,
+        loading=Loading(
+            augmentation=level,
+            workers=workers,
+            threads=recipes.intra_op_threads(device.cores, devices, workers),
+            pin_memory=device.cuda,
+            balance=balance,
+        ),
+        preprocessing=preprocessing,
+        network=Network(
+            backbone=cfg.model.backbone,
+            classes=classes,
+            image_size=image_size,
+            dropout=recipe.dropout,
+            hidden=tuple(cfg.model.head.hidden),
+            drop_path=float(cfg.model.drop_path),
+        ),
+        optimisation=Optimisation(
+            optimizer=cfg.optimizer.name,
+            lr=recipe.lr,
+            weight_decay=float(cfg.optimizer.weight_decay),
+            scheduler=cfg.scheduler.name,
+            epochs=recipe.epochs,
+            warmup_epochs=float(cfg.scheduler.warmup_epochs),
+            min_lr=float(cfg.scheduler.min_lr),
+            ema_decay=float(cfg.model.ema_decay) if cfg.model.ema else None,
+        ),
+        regularisation=Regularisation(
+            label_smoothing=float(cfg.model.label_smoothing),
+            mixup=float(level["mixup"]),
+            cutmix=float(level["cutmix"]),
+            erase_prob=float(level["erase_prob"]),
+            class_weights=class_weights(data.class_counts, classes) if balance == "class_weights" else None,
+        ),
+        runtime=Runtime(
+            channels_last=bool(
+                cfg.model.channels_last if cfg.model.channels_last is not None else device.cuda
+            ),
+            grad_checkpointing=batches.grad_checkpointing,
+            sync_batchnorm=bool(cfg.trainer.sync_batchnorm) and devices * num_nodes > 1,
+        ),
+        init=init,
+        weights=weights,
+        pretrained=bool(cfg.model.pretrained) or bool(cfg.model.weights),
+        resume=resume,
+        freeze_epochs=int(cfg.model.freeze_epochs),
+        seed=int(cfg.seed),
+        trainer=trainer,
+        command=real_run_command(argv),
+        warnings=tuple(warnings) + tuple(data.warnings),
+    )
+
+
+def real_run_command(argv: Sequence[str] | None = None) -> str:
+    """The command line that starts this run for real (the same one, without dry_run)."""
+    argv = list(sys.argv if argv is None else argv)
+    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] != "dry_run"]
+    return shlex.join(["python", Path(argv[0]).name if argv else "train.py", *args])
+
+
+# ---------------------------------------------------------------------------------------------
+# The impure part: gather the inputs
+
+
+def count_devices(devices, cuda: bool, cuda_count: int = 0) -> int:
+    """Processes per node, the way Lightning will count them."""
+    if isinstance(devices, str) and devices not in ("auto", "-1"):
+        return len([d for d in devices.split(",") if d.strip()])
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        return len(devices)
+    if devices in ("auto", -1, "-1"):
+        return cuda_count if cuda else 1
+    return int(devices)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a cgroup or taskset can allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def probe_device(trainer_cfg: DictConfig) -> Device:
+    """Look at the accelerator once. trainer.accelerator=cpu answers without importing torch."""
+    accelerator = str(trainer_cfg.accelerator)
+    cores = usable_cores()
+    if accelerator == "cpu":
+        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+    import torch
+
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not cuda:
+        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+    props = torch.cuda.get_device_properties(0)
+    return Device(
+        cuda=True,
+        per_node=count_devices(trainer_cfg.devices, True, torch.cuda.device_count()),
+        memory_bytes=int(props.total_memory),
+        bf16=bool(torch.cuda.is_bf16_supported()),
+        name=str(props.name),
+        cores=cores,
+    )
+
+
+def load_data(cfg: DictConfig, run_dir: Path | None):
+    """Scan the folder (cached), then take the run folder's split if it has one (a resumed run),
+    else draw a fresh one from the usable files. Returns (split, scan report); writes nothing
+    but the scan cache and, for data=demo, the demo images."""
+    from effnet.data import folders, scan
+
+    if cfg.data.generate_demo:
+        from effnet.data.demo import write_demo
+
+        write_demo(cfg.data.root)
+    report = scan.scan_folder(
+        cfg.data.root,
+        cfg.data.max_image_pixels,
+        cache=scan.cache_path(cfg.data.root, cfg.data.max_image_pixels),
+    )
+    scan.enforce(report, cfg.data.on_bad_image)
+    split = folders.load_split(run_dir) if run_dir is not None else None
+    if split is None:
+        split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
+    else:
+        split = folders.without(split, report.bad_files)
+    counts = folders.class_counts(split.train, split.classes)
+    scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
+    return split, report
+
+
+def data_facts(split, report) -> DataFacts:
+    return DataFacts(
+        root=split.root,
+        classes=tuple(split.classes),
+        train=len(split.train),
+        val=len(split.val),
+        test=len(split.test),
+        held_out=split.held_out,
+        files=report.files,
+        problems=len(report.problems),
+        class_counts=dict(report.class_counts),
+        warnings=tuple(report.warnings),
+    )
+
+
+def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
+    """(the command-line overrides, the preset chosen), when running under Hydra: from the
+    config's own `hydra` node before the job starts (a dry run), from HydraConfig inside it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    if hydra_cfg is None:
+        return [], None
+    return list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("preset")
+
+
+def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = None):
+    """(plan, split, scan report) for this config, on this machine. run_dir: the run folder,
+    whose split a resumed run keeps; None for a dry run."""
+    from effnet.preprocessing import pretrained_config
+    from effnet.preprocessing import resolve as resolve_preprocessing
+
+    backbone_cfg = pretrained_config(cfg.model.backbone)  # an unknown backbone fails before the scan
+    split, report = load_data(cfg, run_dir)
+    device = probe_device(cfg.trainer)
+    image_size = int(cfg.image_size or cfg.model.image_size)
+    overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
+    cli_overrides, preset = hydra_context(cfg)
+    plan = build(
+        cfg,
+        data_facts(split, report),
+        device,
+        resolve_preprocessing(backbone_cfg, image_size, overrides),
+        resume=resume,
+        cli_overrides=cli_overrides,
+        preset=preset,
+    )
+    return plan, split, report
+
+
+# ---------------------------------------------------------------------------------------------
+# What a person reads: dry_run=true
+
+
+def rows(plan: RunPlan) -> list[tuple[str, str]]:
+    """The plan as (topic, value) rows, in the order a person checks them."""
+    d, r, b, p = plan.data, plan.recipe, plan.batches, plan.preprocessing
+    split = f"{d.train:,} train / {d.val:,} val" + (f" / {d.test:,} test" if d.test else "")
+    split += " (val held out)" if d.held_out else ""
+    counts = ", ".join(f"{c} {n}" for c, n in d.class_counts.items())
+    src = plan.recipe_sources
+    level = plan.loading.augmentation
+    aug_parts = [f"crop scale {level['scale'][0]}-{level['scale'][1]}", f"hflip {level['hflip']}"]
+    aug_parts += [
+        f"{k} {level[k]}" for k in ("color_jitter", "erase_prob", "mixup", "cutmix") if level.get(k)
+    ]
+    aug_parts += [str(level["rand_augment"])] if level.get("rand_augment") else []
+    capacity = "no limit" if b.capacity is None else f"capacity {b.capacity}"
+    table = [
+        ("data", f"{d.root}: {len(d.classes)} classes, {split}"),
+        ("classes", counts or ", ".join(d.classes)),
+        ("data problems", f"{d.problems} of {d.files} files unusable (skipped)" if d.problems else "none"),
+        ("recipe", f"{r.data_size} row; {plan.recipe_reason}"),
+        ("lr", f"{r.lr:g} ({src['lr']})"),
+        ("epochs", f"{r.epochs} ({src['epochs']})"),
+        ("batch", f"{r.batch_size} ({src['batch_size']})"),
+        ("dropout", f"{r.dropout:g} ({src['dropout']})"),
+        ("augmentation", f"{r.aug} ({src['aug']}): " + ", ".join(aug_parts)),
+        (
+            "batch plan",
+            f"micro-batch {b.micro_batch} x accumulate {b.accumulate} x {plan.world_size} device(s)"
+            f" = {r.batch_size}; gpu={plan.tier} ({capacity})"
+            + ("; gradient checkpointing" if b.grad_checkpointing else ""),
+        ),
+        (
+            "device",
+            f"{plan.accelerator} ({plan.device_name}), {plan.devices} per node x {plan.num_nodes} node(s)",
+        ),
+        ("precision", plan.precision),
+        ("strategy", plan.strategy + (", channels_last" if plan.runtime.channels_last else "")),
+        ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
+        ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),
+        ("weights", plan.weights),
+        (
+            "preprocessing",
+            f"resize {p.resize} ({p.interpolation}), centre crop {p.image_size}, "
+            f"mean {_floats(p.mean)}, std {_floats(p.std)}",
+        ),
+    ]
+    table += [("warning", w) for w in plan.warnings]
+    table.append(("start it", plan.command))
+    return table
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def print_plan(plan: RunPlan) -> None:
+    """A table on a terminal; aligned `topic  value` lines in a log or pipe (no wrapped cells)."""
+    title = "effnet run plan (dry run: nothing trained, nothing written)"
+    if not sys.stdout.isatty():
+        print(title)
+        for key, value in rows(plan):
+            print(f"  {key:<14} {value}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in rows(plan):
+        table.add_row(key, value, style="yellow" if key == "warning" else None)
+    Console().print(table)

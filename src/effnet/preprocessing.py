@@ -1,0 +1,100 @@
+"""How pixels reach the network: resize, crop, interpolation and normalisation, taken from the
+backbone's own pretrained config.
+
+A backbone pretrained with other statistics than ImageNet's (every `tf_efficientnet_lite*` and
+`vit_base_patch16_224` use mean = std = 0.5) must be fine-tuned, evaluated and exported with them,
+or every input is scaled wrongly. timm knows each backbone's values; `resolve` asks it once, the
+user's `model.preprocessing.*` wins, and the run plan, the checkpoint and the export bundle's
+preprocessing.json all carry the result. Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import cache
+
+from effnet.errors import UserError
+
+KEYS = ("mean", "std", "crop_pct", "interpolation")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """timm's eval transform (resize the short side to floor(size / crop_pct), centre crop) and
+    the normalisation applied inside the network. Written as preprocessing.json in a bundle."""
+
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def resize(self) -> int:
+        return int(self.image_size / self.crop_pct)  # floor, as timm's eval transform
+
+    def as_dict(self) -> dict:
+        """Plain values, as the checkpoint's hyper-parameters carry them (weights_only-loadable)."""
+        raw = asdict(self)
+        return {**raw, "mean": list(raw["mean"]), "std": list(raw["std"])}
+
+    def to_json(self) -> dict:
+        return {
+            **self.as_dict(),
+            "resize_shorter_side": self.resize,
+            "input": "uint8 RGB, NCHW, values 0-255",
+            "steps": [
+                "decode as RGB (EXIF orientation applied)",
+                f"resize the shorter side to {self.resize} px ({self.interpolation})",
+                f"centre crop {self.image_size} x {self.image_size}",
+                "uint8 CHW, no scaling: the model computes (x - 255*mean) / (255*std) itself",
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> Preprocessing:
+        return cls(
+            image_size=int(raw["image_size"]),
+            crop_pct=float(raw["crop_pct"]),
+            interpolation=str(raw["interpolation"]),
+            mean=tuple(float(v) for v in raw["mean"]),
+            std=tuple(float(v) for v in raw["std"]),
+        )
+
+    def transform(self):
+        """The exact transform validation uses (effnet.data.loaders.eval_transform)."""
+        from effnet.data.loaders import eval_transform
+
+        return eval_transform(self.image_size, self.crop_pct, self.interpolation)
+
+
+@cache
+def pretrained_config(backbone: str) -> dict:
+    """timm's pretrained config of a backbone (`name` or `name.tag`), without building the model.
+
+    Raises UserError, with similar names, for a name timm does not know.
+    """
+    import timm
+
+    base = backbone.split(".")[0]
+    if not timm.is_model(base):
+        close = timm.list_models(f"*{base.split('_')[0]}*")[:8]
+        raise UserError(f"model.backbone={backbone}: not a timm model; similar names: {', '.join(close)}")
+    cfg = timm.models.get_pretrained_cfg(backbone, allow_unregistered=False)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def resolve(backbone_cfg: Mapping, image_size: int, overrides: Mapping) -> Preprocessing:
+    """The backbone's values (timm's defaults where it has none), each overridable by the user."""
+    from timm.data import resolve_data_config
+
+    args = {k: v for k, v in overrides.items() if v is not None and k in KEYS}
+    resolved = resolve_data_config(args, pretrained_cfg=dict(backbone_cfg), use_test_size=False)
+    return Preprocessing(
+        image_size=int(image_size),
+        crop_pct=float(resolved["crop_pct"]),
+        interpolation=str(resolved["interpolation"]),
+        mean=tuple(float(v) for v in resolved["mean"]),
+        std=tuple(float(v) for v in resolved["std"]),
+    )

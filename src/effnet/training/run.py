@@ -1,0 +1,232 @@
+"""One training run: the plan, then the objects it names, then fit, then summary.json.
+
+Every value comes from effnet.plan.RunPlan, resolved once; this module only builds the module,
+the loaders, the callbacks and the Trainer from it, and records what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from effnet import plan as run_plan
+from effnet import runs
+from effnet.checkpoints import find, resume, write
+from effnet.data import folders, scan
+from effnet.data.balance import sample_weights
+from effnet.data.loaders import ImageDataModule
+from effnet.files import write_json
+from effnet.training import interrupts, ranks
+from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
+from effnet.training.loggers import build_loggers, finishing
+from effnet.training.module import ClassifierModule
+
+log = logging.getLogger("effnet")
+
+
+def quiet_libraries() -> None:
+    """Lightning logs through its own handler and the root one (Hydra's console and train.log):
+    keep the root one, so each line shows once and lands in the log file. Silence warnings that
+    are about effnet's deliberate choices, not the user's run."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for message in (
+        ".*overridden `on_after_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`.*",
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*does not have many workers which may be a bottleneck.*",
+        ".*The number of training batches .* is smaller than the logging interval.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train one model; returns the summary that is also written to run_dir/summary.json.
+    A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts)."""
+    stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
+    with stop.installed():
+        return train(cfg, run_dir, stop)
+
+
+def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split, report, cfg) -> None:
+    """Rank 0, before the other ranks exist: clear what a killed attempt left, write the split,
+    the data report and the resolved plan."""
+    ranks.clear(run_dir)
+    for stale in write.remove_stale_temporaries(run_dir / find.CHECKPOINTS):
+        log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
+    if folders.load_split(run_dir) is None:
+        folders.save_split(split, run_dir)
+    write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
+    scan.log_report(report, cfg.data.on_bad_image)
+    (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
+
+
+def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule:
+    loading = plan.loading
+    return ImageDataModule(
+        split,
+        plan.preprocessing,
+        loading.augmentation,
+        micro_batch=plan.batches.micro_batch,
+        num_workers=loading.workers,
+        pin_memory=loading.pin_memory,
+        seed=plan.seed,
+        sample_weights=sample_weights(split.train) if loading.balance == "weighted_sampler" else None,
+    )
+
+
+def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None:
+    """Say where the run continues, warn when the schedule differs, and drop the metrics rows of
+    the epochs about to be replayed so none is logged twice."""
+    next_epoch = resume.resume_epoch(checkpoint)
+    log.info("resuming from %s at the start of epoch %d", checkpoint, next_epoch + 1)
+    planned = resume.planned_epochs(checkpoint)
+    if planned is not None and planned != plan.recipe.epochs:  # timm restores its schedule's length
+        log.warning(
+            "epochs=%d, but the checkpoint's learning-rate schedule was built for %d epochs and is "
+            "restored as it was (after epoch %d the lr stays at scheduler.min_lr); start a new run to "
+            "train on a different schedule",
+            plan.recipe.epochs,
+            planned,
+            planned,
+        )
+    resume.trim_metrics(run_dir / "metrics.csv", next_epoch)
+
+
+def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
+    started = time.perf_counter()
+    quiet_libraries()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
+    Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
+    plan, split, report = run_plan.resolve(cfg, run_dir, resume=str(checkpoint) if checkpoint else None)
+    if runs.global_rank() == 0:
+        prepare_run_dir(run_dir, plan, split, report, cfg)
+    torch.set_num_threads(plan.loading.threads)
+    module = ClassifierModule(**plan.module_args(), init=plan.init)
+    setup = {**plan.summary(), "parameters": sum(p.numel() for p in module.net.parameters())}
+    log.info(
+        "recipe: %s", ", ".join(f"{k}={v}" for k, v in setup.items() if k not in ("classes", "preprocessing"))
+    )
+    datamodule = data_module(plan, split)
+
+    ckpt_dir = run_dir / find.CHECKPOINTS
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    throughput, best_epoch = Throughput(), BestEpoch()
+    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
+    callbacks = [
+        best,
+        latest,
+        throughput,
+        best_epoch,
+        progress_bar(),
+        LearningRateMonitor("step"),
+        resume.ResumeState(ckpt_dir / find.LAST, datamodule.train_sampler),
+        stop,
+        ranks.RecordFailure(run_dir),
+        dashboards,
+    ]
+    if plan.freeze_epochs:
+        callbacks.append(FreezeBackbone(plan.freeze_epochs))
+    loggers = build_loggers(cfg, run_dir, setup)
+    trainer = L.Trainer(
+        **plan.trainer_args(),
+        default_root_dir=str(run_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[write.AtomicCheckpointIO()],
+    )
+    if trainer.is_global_zero and checkpoint is not None:
+        note_resume(plan, checkpoint, run_dir)
+    # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
+    with finishing(loggers):
+        fit(trainer, module, datamodule, checkpoint, run_dir, stop)
+
+    epoch, best_acc = best_epoch.best
+    summary = {
+        **setup,
+        "best_val_acc": best_acc if best.best_model_score is None else float(best.best_model_score),
+        "best_epoch": None if epoch is None else epoch + 1,
+        **dashboards.summary,
+        "best_checkpoint": best.best_model_path,
+        "last_checkpoint": str(ckpt_dir / find.LAST),
+        "epochs_completed": trainer.current_epoch,
+        "train_images_per_sec": round(throughput.typical, 2),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "run_dir": str(run_dir),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "summary.json", summary)
+        print_summary(summary)
+    return summary
+
+
+def fit(trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir: Path, stop) -> None:
+    """trainer.fit, with the two ways a run ends early: another rank failed first (one line naming
+    it), or a signal asked it to stop (a checkpoint, then the command that resumes it)."""
+    try:
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=str(checkpoint) if checkpoint else None,
+            weights_only=True,  # resume never unpickles code, whoever wrote the file
+        )
+    except Exception as exc:
+        ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
+        raise
+    except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
+        if stop.received is None:
+            raise
+        resume_from = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
+        interrupts.exit_interrupted(
+            stop.received,
+            trainer,
+            run_dir,
+            resume.resume_epoch(resume_from) if resume_from else 0,
+            stop.written,
+        )
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="effnet run", show_header=False, title_justify="left")
+    acc = summary["best_val_acc"]
+    rows = [
+        ("best val top-1", "n/a" if acc is None else f"{acc:.4f} (epoch {summary['best_epoch']})"),
+        ("best checkpoint", summary["best_checkpoint"] or "none"),
+        ("model", f"{summary['model']} @ {summary['image_size']} px, {summary['num_classes']} classes"),
+        (
+            "recipe",
+            f"{summary['data_size']}: lr {summary['lr']}, {summary['epochs']} epochs, batch {summary['batch_size']}"
+            f" ({summary['micro_batch_size']} x {summary['accumulate_grad_batches']} x {summary['devices']}), "
+            f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}",
+        ),
+        ("wall time", f"{summary['wall_time_s']:.0f} s"),
+        ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s"),
+        ("run folder", summary["run_dir"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)

@@ -1,0 +1,107 @@
+"""Plain helpers the tests share: small image folders, composed configs, scripts run as a user runs
+them, and readers for what a run writes. Fixtures are in conftest.py. No network, no downloads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from effnet.plan import Network, Optimisation, Regularisation, Runtime
+from effnet.preprocessing import Preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+TRAIN_PY = ROOT / "train.py"
+
+# Small, fast and offline: what every training test adds to its overrides.
+FAST = [
+    "model.pretrained=false",
+    "image_size=32",
+    "batch_size=4",
+    "epochs=1",
+    "data.num_workers=0",
+    "scheduler.warmup_epochs=0",
+    "trainer.accelerator=cpu",
+]
+# The run the eval, predict and export tests share (conftest.trained_run).
+TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]
+
+
+def make_images(folder: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
+    """folder/<class>/<i>.png with a class-specific colour, so a model can learn something."""
+    rng = np.random.default_rng(seed)
+    for c, (name, count) in enumerate(classes.items()):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.zeros((size, size, 3)) + 60
+            base[..., c % 3] = 200
+            pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{i:03d}.png")
+    return folder
+
+
+def compose_cfg(overrides: list[str], config_name: str = "train"):
+    """A config composed as the entry scripts compose it (without running the Hydra callbacks)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def run_train(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, script: Path = TRAIN_PY
+) -> subprocess.CompletedProcess:
+    """train.py (or another entry script) in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+def run_script(script: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """eval.py / predict.py / export.py in a fresh process."""
+    return run_train(args, cwd=cwd, timeout=timeout, script=ROOT / script)
+
+
+def metric_rows(run_dir: Path, key: str) -> list[dict]:
+    """metrics.csv rows that hold `key`."""
+    with open(run_dir / "metrics.csv") as f:
+        return [row for row in csv.DictReader(f) if row.get(key)]
+
+
+def export_info(bundle: Path) -> dict:
+    return json.loads((bundle / "export.json").read_text())
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The single `effnet: error:` line a user error must produce (asserted), without its prefix."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("effnet: error: "), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0].removeprefix("effnet: error: ")
+
+
+def module_sections(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **changes) -> dict:
+    """The module's arguments as a plan would give them, with `changes` per section."""
+    prep = Preprocessing(image_size, 0.875, "bicubic", mean, std)
+    return {
+        "network": {
+            **Network("mobilenetv3_small_100", ("a", "b"), image_size, 0.2).__dict__,
+            **changes.get("network", {}),
+        },
+        "preprocessing": prep.as_dict(),
+        "optimisation": {**Optimisation().__dict__, **changes.get("optimisation", {})},
+        "regularisation": {**Regularisation().__dict__, **changes.get("regularisation", {})},
+        "runtime": {**Runtime().__dict__, **changes.get("runtime", {})},
+    }

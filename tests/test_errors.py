@@ -1,0 +1,28 @@
+"""A user's mistake becomes one line; anything else is a bug and keeps its traceback."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from effnet.errors import UserError, exit_with, one_line
+
+
+def test_user_errors_anywhere_in_the_chain_are_the_line():
+    try:
+        try:
+            raise UserError("lr=-1: must be a number > 0")
+        except UserError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert one_line(outer) == "lr=-1: must be a number > 0"
+
+
+def test_composition_errors_are_flattened_and_bugs_are_not_user_errors():
+    assert one_line(ConfigCompositionException("bad\n  override\tline")) == "bad override line"
+    assert one_line(ZeroDivisionError("a bug")) is None
+
+
+def test_exit_with_prints_one_line_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        exit_with("data.root=/x: folder not found")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "effnet: error: data.root=/x: folder not found\n"

@@ -1,0 +1,161 @@
+"""The run plan: every value a run uses, resolved once. `build` is pure: these tests give it a
+config, the data facts and a device, and check what it decides (no torch, no folder scan)."""
+
+import pytest
+
+from effnet import plan
+from effnet.errors import UserError
+from effnet.preprocessing import Preprocessing
+from tests.helpers import compose_cfg
+
+IMAGENET = Preprocessing(224, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CPU = plan.Device(cuda=False, per_node=1, cores=2)
+H100 = plan.Device(cuda=True, per_node=1, memory_bytes=80 * 10**9, bf16=True, name="H100", cores=16)
+HYMENOPTERA = plan.DataFacts(
+    root="hymenoptera", classes=("ants", "bees"), train=244, val=153, class_counts={"ants": 123, "bees": 121}
+)
+
+
+def build(overrides, data=HYMENOPTERA, device=CPU, **kwargs) -> plan.RunPlan:
+    return plan.build(compose_cfg(["data.root=/x", *overrides]), data, device, IMAGENET, **kwargs)
+
+
+def test_small_preset_on_the_8gb_tier_is_the_documented_recipe():
+    p = build(["preset=small", "gpu=8gb"], preset="small")
+    assert (p.recipe.lr, p.recipe.epochs, p.recipe.batch_size, p.recipe.aug) == (5e-4, 30, 16, "heavy")
+    assert (p.batches.micro_batch, p.batches.accumulate, p.world_size) == (16, 1, 1)
+    assert p.precision == "32-true" and p.tier == "8gb"
+    assert p.recipe_reason == "data_size=small (from preset=small), images not counted"
+    assert any("gpu=8gb but no CUDA device" in w for w in p.warnings)
+    assert (p.regularisation.mixup, p.regularisation.cutmix, p.regularisation.erase_prob) == (0.2, 1.0, 0.25)
+    assert p.optimisation.lr == p.recipe.lr and p.network.dropout == p.recipe.dropout == 0.3
+
+
+def test_auto_counts_the_images_and_says_why():
+    p = build([], data=plan.DataFacts("x", ("a", "b"), train=3000, val=10))
+    assert (
+        p.recipe.data_size == "medium" and p.recipe_reason == "data_size=auto: 3,000 training images < 5,000"
+    )
+    assert p.recipe_sources["lr"] == "medium row"
+
+
+def test_each_value_says_where_it_came_from():
+    p = build(["preset=small", "lr=1e-2"], cli_overrides=["preset=small", "lr=1e-2"], preset="small")
+    assert p.recipe.lr == 1e-2 and p.recipe_sources["lr"] == "command line"
+    assert p.recipe_sources["epochs"] == "small row"
+    p = build(["preset=edge"], preset="edge")
+    assert p.recipe_sources["batch_size"] == "preset=edge" and p.recipe.batch_size == 16
+    p = build(["model=b4"])
+    assert p.recipe_sources["dropout"] == "small row, shifted for efficientnet_b4" and p.recipe.dropout == 0.5
+
+
+def test_a_cuda_device_gets_bf16_channels_last_and_its_memory_tier():
+    p = build([], device=H100)
+    assert (p.precision, p.tier, p.accelerator) == ("bf16-mixed", "80gb", "cuda")
+    assert p.runtime.channels_last and p.loading.pin_memory
+    old = plan.Device(cuda=True, per_node=1, memory_bytes=16 * 10**9, bf16=False, cores=8)
+    p = build(["gpu=auto"], device=old)
+    assert (p.precision, p.tier) == ("16-mixed", "16gb")
+    assert build(["trainer.precision=32-true"], device=H100).precision == "32-true", "the user wins"
+
+
+def test_tight_memory_turns_on_checkpointing_and_accumulation():
+    p = build(["model=b4", "gpu=8gb", "batch_size=16"], device=H100)
+    assert (p.batches.micro_batch, p.batches.accumulate, p.runtime.grad_checkpointing) == (8, 2, True)
+    assert p.trainer_args()["accumulate_grad_batches"] == 2
+
+
+def test_devices_split_the_batch_and_indivisible_is_one_line():
+    four = plan.Device(cuda=True, per_node=4, memory_bytes=24 * 10**9, bf16=True, cores=32)
+    p = build(["batch_size=64", "trainer.sync_batchnorm=true", "trainer=ddp"], device=four)
+    assert (p.devices, p.batches.micro_batch, p.world_size) == (4, 16, 4)
+    assert p.runtime.sync_batchnorm
+    assert not build(["trainer.sync_batchnorm=true"]).runtime.sync_batchnorm, "one device: nothing to sync"
+    with pytest.raises(
+        UserError, match="batch_size=30 cannot be split evenly over 4 devices; use batch_size=28 or 32"
+    ):
+        build(["batch_size=30"], device=four)
+
+
+def test_freezing_under_ddp_lets_ddp_skip_the_frozen_backbone():
+    assert build(["trainer=ddp", "model.freeze_epochs=2"]).strategy == "ddp_find_unused_parameters_true"
+    assert build(["trainer=ddp"]).strategy == "ddp"
+
+
+def test_class_weights_are_inverse_frequency_and_refuse_mixed_labels():
+    data = plan.DataFacts("x", ("a", "b"), train=40, val=4, class_counts={"a": 30, "b": 10})
+    p = build(["data.balance=class_weights", "aug=light"], data=data)
+    assert p.regularisation.class_weights == pytest.approx((40 / 60, 40 / 20))
+    assert build(["aug=light"], data=data).regularisation.class_weights is None
+    with pytest.raises(UserError, match="data.balance=class_weights does not combine with mixup"):
+        build(["data.balance=class_weights", "aug=heavy"], data=data)
+
+
+def test_loader_workers_leave_the_cores_to_threads_they_do_not_use():
+    sixteen = plan.Device(cuda=False, per_node=1, cores=16)
+    p = build([], device=sixteen)
+    assert (p.loading.workers, p.loading.threads) == (8, 8)
+    assert (build([]).loading.workers, build([]).loading.threads) == (1, 1)
+    p = build(["data.num_workers=0"])
+    assert (p.loading.workers, p.loading.threads) == (0, 2)
+
+
+def test_weights_come_from_the_checkpoint_on_resume():
+    assert build([]).init == "pretrained"
+    assert (
+        build(["model.pretrained=false"]).init is None
+        and build(["model.pretrained=false"]).weights == "random"
+    )
+    p = build([], resume="outputs/train/x/checkpoints/last.ckpt")
+    assert p.init is None and "from the checkpoint" in p.weights and p.pretrained
+
+
+def test_module_args_are_plain_values_a_checkpoint_can_hold():
+    args = build(["model.head.hidden=[16]"]).module_args()
+    assert args["network"]["classes"] == ["ants", "bees"] and args["network"]["hidden"] == [16]
+    assert args["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+
+    def plain(value):
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, str | int | float | bool)
+
+    assert plain(args)
+
+
+def test_summary_and_rows_come_from_the_plan():
+    p = build(["preset=small", "gpu=8gb"], preset="small", argv=["train.py", "data.root=/x", "dry_run=true"])
+    summary = p.summary()
+    assert (summary["lr"], summary["epochs"], summary["micro_batch_size"], summary["aug"]) == (
+        5e-4,
+        30,
+        16,
+        "heavy",
+    )
+    assert summary["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    table = dict(plan.rows(p))
+    assert table["batch plan"].startswith("micro-batch 16 x accumulate 1 x 1 device(s) = 16")
+    assert table["start it"] == "python train.py data.root=/x", "the real run's command, without dry_run"
+    assert "mean (0.485, 0.456, 0.406)" in table["preprocessing"]
+
+
+def test_resolve_reads_the_folder_and_the_backbones_own_preprocessing(flat_folder):
+    lite, _, _ = plan.resolve(
+        compose_cfg([f"data.root={flat_folder}", "model.backbone=tf_efficientnet_lite0"])
+    )
+    assert lite.preprocessing.mean == (0.5, 0.5, 0.5) and lite.preprocessing.std == (0.5, 0.5, 0.5)
+    assert (lite.data.train, lite.data.val, lite.data.classes) == (18, 6, ("ant", "bee", "wasp"))
+    b0, _, _ = plan.resolve(compose_cfg([f"data.root={flat_folder}"]))
+    assert b0.preprocessing.mean == (0.485, 0.456, 0.406)
+    mine, _, _ = plan.resolve(
+        compose_cfg(
+            [
+                f"data.root={flat_folder}",
+                "model.preprocessing.mean=[0.1,0.2,0.3]",
+                "model.preprocessing.crop_pct=1.0",
+            ]
+        )
+    )
+    assert mine.preprocessing.mean == (0.1, 0.2, 0.3) and mine.preprocessing.resize == 224

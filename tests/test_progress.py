@@ -1,0 +1,10 @@
+"""Progress outside the Trainer: in a log or pipe, periodic lines and a last line with the time."""
+
+from effnet.progress import track
+
+
+def test_a_pipe_gets_periodic_lines_and_a_total(capsys):
+    assert list(track(range(5), total=5, description="score", every_s=0.0)) == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:5] == [f"score {n}/5" for n in range(1, 6)]
+    assert lines[-1].startswith("score 5/5 in ") and lines[-1].endswith(" s")

@@ -1,0 +1,154 @@
+"""Real training runs on tiny synthetic folders: what a run writes, resume, precision, options, DDP."""
+
+import csv
+import json
+import logging
+
+import lightning as L
+import torch
+import yaml
+
+from effnet import plan
+from effnet.training.module import ClassifierModule
+from effnet.training.run import run
+from tests.helpers import FAST, compose_cfg, make_images, metric_rows, run_train
+
+SUMMARY_KEYS = {
+    "model",
+    "image_size",
+    "num_classes",
+    "num_train_images",
+    "num_val_images",
+    "epochs",
+    "lr",
+    "batch_size",
+    "micro_batch_size",
+    "accumulate_grad_batches",
+    "dropout",
+    "precision",
+    "best_val_acc",
+    "best_checkpoint",
+    "train_images_per_sec",
+}
+
+
+def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    cfg = compose_cfg([f"data.root={flat_folder}", *FAST, "epochs=2"])
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        summary = run(cfg, run_dir)
+    assert "only 18 training images: fewer than the 500 recommended" in caplog.text
+
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert set(on_disk) >= SUMMARY_KEYS
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    assert (on_disk["num_classes"], on_disk["num_train_images"], on_disk["num_val_images"]) == (3, 18, 6)
+    assert (on_disk["epochs"], on_disk["batch_size"], on_disk["micro_batch_size"]) == (2, 4, 4)
+    assert on_disk["precision"] == "32-true" and on_disk["epochs_completed"] == 2
+    assert 0.0 <= on_disk["best_val_acc"] <= 1.0 and on_disk["train_images_per_sec"] > 0
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (
+        run_dir / "checkpoints" / "last.ckpt"
+    ).is_file()
+    assert on_disk["best_checkpoint"].endswith("checkpoints/best.ckpt")
+    assert (run_dir / "split.json").is_file() and (run_dir / "resolved.yaml").is_file()
+    assert [r["epoch"] for r in metric_rows(run_dir, "val/acc")] == ["0", "1"]
+    # checkpoints load without unpickling arbitrary objects
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["network"]["classes"] == ["ant", "bee", "wasp"]
+    resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())["resolved"]
+    assert {k: on_disk[k] for k in resolved if k in on_disk} == resolved, (
+        "summary.json and resolved.yaml agree"
+    )
+    assert ckpt["hyper_parameters"]["preprocessing"] == on_disk["preprocessing"], (
+        "the checkpoint carries the plan"
+    )
+
+
+def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    base = [f"data.root={flat_folder}", *FAST]
+    run(compose_cfg([*base, "epochs=1"]), run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    split_before = (run_dir / "split.json").read_text()
+
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        summary = run(compose_cfg([*base, "epochs=2", f"ckpt_path={last}"]), run_dir)
+    assert "schedule was built for 1 epochs" in caplog.text, "a changed epochs= is not silently ignored"
+    second = torch.load(last, weights_only=True)
+    assert summary["epochs_completed"] == 2 and summary["resumed_from"] == str(last)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
+    assert second["optimizer_states"][0]["state"], "optimizer state carried over"
+    assert [r["epoch"] for r in metric_rows(run_dir, "val/acc")] == ["0", "1"]
+    assert (run_dir / "split.json").read_text() == split_before
+
+
+def test_bf16_mixed_runs_on_cpu(flat_folder, tmp_path):
+    summary = run(
+        compose_cfg([f"data.root={flat_folder}", *FAST, "trainer.precision=bf16-mixed"]), tmp_path / "r"
+    )
+    assert summary["precision"] == "bf16-mixed" and summary["best_val_acc"] is not None
+
+
+def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
+    overrides = [
+        f"data.root={flat_folder}",
+        *FAST,
+        "batch_size=8",
+        "aug=heavy",
+        "model.freeze_epochs=1",
+        "model.ema=true",
+        "model.head.hidden=[16]",
+        "gpu=4gb",
+        "model.memory_factor=400",  # ~1 image fits: forces the plan
+    ]
+    cfg = compose_cfg(overrides)
+    summary = run(cfg, tmp_path / "r")
+    assert (
+        summary["micro_batch_size"],
+        summary["accumulate_grad_batches"],
+        summary["grad_checkpointing"],
+    ) == (2, 4, True)
+
+    # With the backbone frozen for the only epoch, it must still hold its initial weights and BN statistics.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    fresh = ClassifierModule(**plan.resolve(cfg)[0].module_args())
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(state["net.backbone.conv_stem.weight"], fresh.net.backbone.conv_stem.weight)
+    assert torch.equal(state["net.backbone.bn1.running_mean"], fresh.net.backbone.bn1.running_mean)
+    assert not torch.equal(state["net.head.0.weight"], fresh.net.head[0].weight)
+    assert any(k.startswith("ema.") for k in state), "EMA weights are checkpointed"
+
+
+def test_ddp_two_processes_through_train_py(tmp_path):
+    data = tmp_path / "data"  # 7 val images: 2 processes would need a padding repeat to split them evenly
+    make_images(data / "train", {"ant": 8, "bee": 8, "wasp": 8})
+    make_images(data / "val", {"ant": 3, "bee": 2, "wasp": 2}, seed=1)
+    args = [f"data.root={data}", *FAST, "trainer=ddp", "trainer.devices=2", "epochs=2"]
+    result = run_train(args, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dirs = list((tmp_path / "outputs" / "train").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    run_dir = run_dirs[0]
+    assert len(list(tmp_path.rglob("summary.json"))) == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["devices"], summary["micro_batch_size"], summary["accumulate_grad_batches"]) == (2, 2, 1)
+    assert summary["epochs_completed"] == 2
+    logs = sorted(p.name for p in run_dir.glob("*.log"))
+    assert logs == ["train.log"], "only rank 0 writes a log"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert len(list(run_dir.rglob("*.ckpt"))) == 2  # best + last, once
+    # every val image counted once across both processes: no padding repeats in the metrics
+    with open(run_dir / "per_class.csv") as f:
+        assert sum(int(row["support"]) for row in csv.DictReader(f)) == summary["num_val_images"]
+
+
+def test_csv_tensorboard_and_offline_wandb_write_into_the_run_folder(flat_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run(compose_cfg([f"data.root={flat_folder}", *FAST, "logger=[csv,tensorboard,wandb]"]), run_dir)
+    assert metric_rows(run_dir, "val/acc")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
