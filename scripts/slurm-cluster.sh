@@ -65,9 +65,8 @@ usable() {
 
 version() { sinfo --version 2>/dev/null || echo "slurm (unknown version)"; }
 
-wait_for() { # wait_for WHAT COMMAND...: retry COMMAND every 0.2 s until it succeeds or TIMEOUT passes
-    local what=$1 deadline=$(($(date +%s) + TIMEOUT))
-    shift
+wait_for() { # wait_for COMMAND...: retry COMMAND every 0.2 s until it succeeds or TIMEOUT passes
+    local deadline=$(($(date +%s) + TIMEOUT))
     until "$@" >/dev/null 2>&1; do
         (($(date +%s) < deadline)) || return 1
         sleep 0.2
@@ -280,7 +279,7 @@ start_mariadb() {
             --socket="$DB_SOCK" --bind-address=127.0.0.1 --skip-name-resolve \
             </dev/null >>"$LOGDIR/mariadb.log" 2>&1 &
     fi
-    wait_for mariadb mariadb-admin --socket="$DB_SOCK" ping || fail "MariaDB did not answer in ${TIMEOUT}s"
+    wait_for mariadb-admin --socket="$DB_SOCK" ping || fail "MariaDB did not answer in ${TIMEOUT}s"
     mariadb --socket="$DB_SOCK" -e "
         CREATE DATABASE IF NOT EXISTS slurm_acct_db;
         CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
@@ -290,7 +289,7 @@ start_mariadb() {
 
 start_slurmdbd() {
     alive "$DBD_PID" || /usr/sbin/slurmdbd || fail "slurmdbd did not start"
-    wait_for slurmdbd sacctmgr -n list cluster || fail "slurmdbd did not answer in ${TIMEOUT}s"
+    wait_for sacctmgr -n list cluster || fail "slurmdbd did not answer in ${TIMEOUT}s"
     if [[ -z "$(sacctmgr -n -P list cluster "$CLUSTER" format=cluster 2>/dev/null)" ]]; then
         sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null || fail "sacctmgr add cluster $CLUSTER failed"
     fi
@@ -338,7 +337,7 @@ start() {
     if ! alive "$MUNGE_PID"; then
         runuser -u munge -- /usr/sbin/munged --force || fail "munged did not start"
     fi
-    wait_for munge bash -c 'munge -n </dev/null | unmunge' || fail "munge round trip failed"
+    wait_for bash -c 'munge -n </dev/null | unmunge' || fail "munge round trip failed"
     if [[ $ACCOUNTING == 1 ]]; then
         start_mariadb
         start_slurmdbd
