@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,weights]"
+	$(PY) -m pip install --quiet -e ".[dev,weights,slurm]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from effnet.cli.app import register_resolvers
+from tests import slurm_cluster as cluster
 from tests.helpers import TINY, compose_cfg, make_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,3 +69,9 @@ def onnx_bundle(trained_run: Path, tmp_path_factory) -> Path:
     ]
     export_run(compose_cfg(overrides, config_name="export"))
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> cluster.SlurmCluster:
+    """A real single-node SLURM cluster on this machine (scripts/slurm-cluster.sh; needs root)."""
+    return cluster.bring_up()

@@ -1,6 +1,4 @@
-"""A real single-node SLURM cluster for tests: the session fixture `slurm_cluster`.
-
-    from tests.slurm_cluster import slurm_cluster  # noqa: F401  (in the test module)
+"""A real single-node SLURM cluster for tests (the `slurm_cluster` fixture in conftest.py uses it).
 
     def test_something(slurm_cluster, tmp_path):
         job = slurm_cluster.executor(tmp_path).submit(fn, 1)
@@ -18,6 +16,7 @@ e.g. on a developer machine without root.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -63,10 +62,8 @@ def _preconditions() -> None:
         pytest.fail(
             f"the SLURM tests need apt-get to install slurm-wlm (Debian 12), and it is not here ({why})"
         )
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        pytest.fail("the SLURM tests need submitit: pip install submitit")
+    if importlib.util.find_spec("submitit") is None:
+        pytest.fail("the SLURM tests need submitit: pip install 'effnet[slurm]'")
 
 
 def _sinfo(fmt: str) -> str:
@@ -76,8 +73,8 @@ def _sinfo(fmt: str) -> str:
     return out.stdout.split("\n")[0].strip()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> SlurmCluster:
+def bring_up() -> SlurmCluster:
+    """Start the cluster (or find it up) and describe it; fails the test with the reason if it cannot."""
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: SLURM cluster tests skipped")
     _preconditions()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import time
 
-from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
-
 
 def where_am_i(x: int) -> tuple[int, str | None, str | None]:
     return 2 * x, os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_PROCID")
 
 
-def test_submitit_job_runs_on_the_cluster(slurm_cluster, tmp_path):  # noqa: F811
+def test_submitit_job_runs_on_the_cluster(slurm_cluster, tmp_path):
     start = time.monotonic()
     job = slurm_cluster.executor(tmp_path).submit(where_am_i, 21)
     assert job.result() == (42, job.job_id, "0")
