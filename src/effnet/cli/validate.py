@@ -18,7 +18,7 @@ from effnet.checkpoints.find import locate
 from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
 from effnet.errors import UserError
-from effnet.recipes import AUG_LEVELS
+from effnet.recipes import AUG_LEVELS, CACHE_MODES
 
 PRECISIONS = (
     "32-true",
@@ -98,6 +98,8 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     VAL_FRACTION,
     ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", *WORKERS, False),
+    ("data.threads", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1", False),
+    ("data.cache", one_of(*CACHE_MODES), "one of: " + ", ".join(CACHE_MODES), False),
     ("data.on_bad_image", one_of(*BAD_IMAGE_POLICIES), "one of: " + ", ".join(BAD_IMAGE_POLICIES), False),
     ("data.balance", one_of(*BALANCES), "one of: " + ", ".join(BALANCES), False),
     ("data.max_image_pixels", int_at_least(1), "an integer >= 1, e.g. 100000000", False),
