@@ -45,8 +45,8 @@ class FreezeBackbone(Callback):
 
 
 class Throughput(Callback):
-    """Training images per second over each epoch, all processes together, loading included; and
-    the share of step time spent waiting for data.
+    """Training images per second over each epoch's steps, all processes together, loading included
+    (validation is not); and the share of step time spent waiting for data.
 
     A step's wait is the time from the end of the previous step (or the epoch's start) to the start
     of this one: Lightning fetching the batch from the loader and moving it to the device. Near 0
@@ -83,7 +83,8 @@ class Throughput(Callback):
         return self._wait / total if total > 0 else 0.0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        rate = self._images / max(time.perf_counter() - self._start, 1e-9)
+        # over the steps and the waits between them: validation (run before this hook) is not training
+        rate = self._images / max(self._wait + self._busy, 1e-9)
         self.per_epoch.append(rate)
         self.wait_per_epoch.append(self.wait)
         pl_module.log("train/images_per_sec", rate, on_step=False, on_epoch=True, rank_zero_only=True)
