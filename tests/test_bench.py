@@ -38,7 +38,7 @@ END_TO_END = {
 }
 MEMORY = {
     "main_rss_mb",
-    "workers_rss_mb",
+    "workers_pss_mb",
     "workers_private_mb",
     "gpu_max_allocated_mb",
     "gpu_max_reserved_mb",

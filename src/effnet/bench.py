@@ -87,16 +87,23 @@ def cpu_name() -> str:
 
 
 def _status(pid: int | str) -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon of a process, in bytes (Linux); {} when it is gone."""
+    """VmHWM (peak RSS) of a process, and Pss and private (unshared) memory from smaps_rollup, in
+    bytes (Linux); {} when it is gone. A forked worker maps its parent's pages, so its RSS counts
+    them again: Pss shares each page out among the processes that map it."""
     values = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon"):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
+    for name, keys in (
+        ("status", ("VmHWM", "VmRSS")),
+        ("smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty")),
+    ):
+        try:
+            with open(f"/proc/{pid}/{name}") as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    if key in keys:
+                        values[key] = int(rest.split()[0]) * 1024
+        except (OSError, ValueError):
+            pass
+    values["Private"] = values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)
     return values
 
 
@@ -117,13 +124,13 @@ def _children(pid: int) -> list[int]:
 
 
 class MemoryWatch:
-    """Peak RSS of this process (VmHWM, reset first) and of its children together (sampled every
-    0.2 s), and peak CUDA memory. A worker's RSS counts the shared-memory pages it touched (a RAM
-    store); `workers_private_mb` counts only its own (anonymous) memory."""
+    """Peak RSS of this process (VmHWM, reset first), the peak Pss and private memory of its children
+    together (the loader workers; sampled every 0.5 s), and peak CUDA memory. A RAM store's pages
+    are shared: Pss splits them between the processes that read them, private leaves them out."""
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
-        self.workers_rss = self.workers_private = 0
+        self.workers_pss = self.workers_private = 0
         self._stop = threading.Event()
 
     def __enter__(self) -> MemoryWatch:
@@ -139,10 +146,10 @@ class MemoryWatch:
 
     def _sample(self) -> None:
         me = os.getpid()
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.5):
             stats = [_status(pid) for pid in _children(me)]
-            self.workers_rss = max(self.workers_rss, sum(s.get("VmRSS", 0) for s in stats))
-            self.workers_private = max(self.workers_private, sum(s.get("RssAnon", 0) for s in stats))
+            self.workers_pss = max(self.workers_pss, sum(s.get("Pss", 0) for s in stats))
+            self.workers_private = max(self.workers_private, sum(s["Private"] for s in stats))
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -158,7 +165,7 @@ class MemoryWatch:
         mb = 1e6
         return {
             "main_rss_mb": round(self.main_rss / mb, 1),
-            "workers_rss_mb": round(self.workers_rss / mb, 1),
+            "workers_pss_mb": round(self.workers_pss / mb, 1),
             "workers_private_mb": round(self.workers_private / mb, 1),
             "gpu_max_allocated_mb": round(self.gpu_allocated / mb, 1) if self.cuda else None,
             "gpu_max_reserved_mb": round(self.gpu_reserved / mb, 1) if self.cuda else None,
@@ -466,7 +473,11 @@ def end_to_end(
 
 
 def plain_loop(plan, split, epochs: int, progress: Progress) -> dict:
-    """benchmarks/plain_loop.py, the framework-free reference, on the same images."""
+    """benchmarks/plain_loop.py, the framework-free reference, on the same images, with the plan's
+    intra-op threads."""
+    import torch
+
+    torch.set_num_threads(plan.loading.threads)
     path = _repo_root() / PLAIN_LOOP
     spec = importlib.util.spec_from_file_location("plain_loop", path)
     if spec is None or spec.loader is None:
@@ -632,7 +643,7 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
         (
             "peak memory (end to end)",
             "",
-            gpu + f"RSS main {memory['main_rss_mb']:,.0f} MB, workers {memory['workers_rss_mb']:,.0f} MB "
+            gpu + f"RSS main {memory['main_rss_mb']:,.0f} MB; workers Pss {memory['workers_pss_mb']:,.0f} MB "
             f"({memory['workers_private_mb']:,.0f} MB private)",
         )
     )
@@ -701,13 +712,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if "timm" in compared(cfg):
             result["timm_loader"] = timm_loader(plan, subset, epochs, progress)
         result["end_to_end"] = end_to_end(cfg, plan, subset, out_dir / "train", epochs, None, cuda)
+        if "plain" in compared(cfg):  # right after effnet's run: the machine's load changes over minutes
+            result["plain_loop"] = plain_loop(plan, subset, epochs, progress)
         result["end_to_end_threads"] = {
             str(t): end_to_end(cfg, plan, subset, out_dir / f"train-threads-{t}", epochs, int(t), cuda)
             for t in bench.threads
         }
-        torch.set_num_threads(plan.loading.threads)  # each run set its own
-        if "plain" in compared(cfg):
-            result["plain_loop"] = plain_loop(plan, subset, epochs, progress)
     finally:
         progress.close()
     e2e = _best(result["end_to_end"])
