@@ -16,8 +16,9 @@ TINY_BENCH = [
     "bench.ceiling_steps=1",
     "bench.warmup_steps=0",
 ]
-MEASUREMENT = {"images_per_sec", "step_s", "steps", "micro_batch", "memory"}
+MEASUREMENT = {"images_per_sec", "step_s", "steps", "micro_batch", "memory", "load_avg"}
 LOADER = {
+    "load_avg",
     "workers",
     "epochs_images_per_sec",
     "cold_images_per_sec",
@@ -26,6 +27,7 @@ LOADER = {
     "cached_per_worker",
 }
 END_TO_END = {
+    "load_avg",
     "threads",
     "epochs_images_per_sec",
     "epochs_data_wait",

@@ -651,6 +651,17 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
     return table
 
 
+def load_column(result: dict) -> dict[str, float | None]:
+    """The load average when each measurement ended, by the first word of its row."""
+    return {
+        "ceiling": result["ceiling"].get("load_avg"),
+        "loader": result["loader"].get("load_avg"),
+        "timm": (result.get("timm_loader") or {}).get("load_avg"),
+        "end": result["end_to_end"].get("load_avg"),
+        "plain": (result.get("plain_loop") or {}).get("load_avg"),
+    }
+
+
 def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -664,8 +675,16 @@ def print_table(result: dict) -> None:
     table.add_column("measurement")
     table.add_column("images/s", justify="right")
     table.add_column("detail")
-    for row in rows(result):
-        table.add_row(*row)
+    table.add_column("load avg", justify="right")
+    loads = load_column(result)
+    threads = {
+        f"end to end, {t} thread(s)": r.get("load_avg") for t, r in result["end_to_end_threads"].items()
+    }
+    for name, rate, detail in rows(result):
+        load = next((v for k, v in threads.items() if name.startswith(k)), None)
+        load = load if load is not None else loads.get(name.split()[0].rstrip(","))
+        shown = load is not None and rate and "/" not in name
+        table.add_row(name, rate, detail, f"{load:g}" if shown else "")
     console = Console(width=max(Console().width, 120))
     console.print(table)
     console.print(f"bottleneck: {result['bottleneck']}")
@@ -707,17 +726,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     try:
         with MemoryWatch(cuda) as memory:
             result["ceiling"] = ceiling(plan, int(bench.warmup_steps), int(bench.ceiling_steps), progress)
-        result["ceiling"]["memory"] = memory.as_dict()
-        result["loader"] = effnet_loader(plan, subset, epochs, progress, cuda)
+        result["ceiling"].update(memory=memory.as_dict(), load_avg=load_average())
+        result["loader"] = {**effnet_loader(plan, subset, epochs, progress, cuda), "load_avg": load_average()}
         if "timm" in compared(cfg):
-            result["timm_loader"] = timm_loader(plan, subset, epochs, progress)
+            result["timm_loader"] = {
+                **timm_loader(plan, subset, epochs, progress),
+                "load_avg": load_average(),
+            }
         result["end_to_end"] = end_to_end(cfg, plan, subset, out_dir / "train", epochs, None, cuda)
+        result["end_to_end"]["load_avg"] = load_average()
         if "plain" in compared(cfg):  # right after effnet's run: the machine's load changes over minutes
-            result["plain_loop"] = plain_loop(plan, subset, epochs, progress)
-        result["end_to_end_threads"] = {
-            str(t): end_to_end(cfg, plan, subset, out_dir / f"train-threads-{t}", epochs, int(t), cuda)
-            for t in bench.threads
-        }
+            result["plain_loop"] = {**plain_loop(plan, subset, epochs, progress), "load_avg": load_average()}
+        result["end_to_end_threads"] = {}
+        for t in bench.threads:
+            run_dir = out_dir / f"train-threads-{t}"
+            result["end_to_end_threads"][str(t)] = {
+                **end_to_end(cfg, plan, subset, run_dir, epochs, int(t), cuda),
+                "load_avg": load_average(),
+            }
     finally:
         progress.close()
     e2e = _best(result["end_to_end"])
