@@ -178,3 +178,14 @@ def test_the_plan_chooses_the_data_cache_from_the_store_and_free_memory():
 def test_data_threads_overrides_the_cores_left_after_the_workers():
     assert build(["data.num_workers=1"]).loading.threads == 1
     assert build(["data.num_workers=1", "data.threads=2"]).loading.threads == 2
+
+
+def test_memory_for_a_ram_store_is_capped_by_shared_memory(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    roomy = plan.available_memory()
+    assert roomy and roomy > 64 * 2**20
+    # a container's default /dev/shm: 64 MB (this machine's cannot be made that small for a test)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=16384, f_frsize=4096))
+    assert plan.available_memory() == 64 * 2**20

@@ -445,16 +445,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory() -> int | None:
-    """Bytes of RAM a new allocation can take now without swapping (Linux's MemAvailable)."""
+def available_memory(shm: str = "/dev/shm") -> int | None:
+    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
+    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
+    larger than it would crash the loader with SIGBUS when written)."""
+    memory = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    memory = int(line.split()[1]) * 1024
     except OSError:
-        pass
-    return None
+        return None
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return memory
+    free = st.f_bavail * st.f_frsize
+    return free if memory is None else min(memory, free)
 
 
 def probe_device(trainer_cfg: DictConfig) -> Device:
