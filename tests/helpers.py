@@ -64,8 +64,14 @@ def run_train(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path(), **(env or {})},
     )
+
+
+def source_path() -> str:
+    """PYTHONPATH for a child process: this checkout's src first, as pytest's own pythonpath does
+    (an editable install may point at another checkout, e.g. a git worktree's main)."""
+    return os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -42,6 +42,7 @@ class Device:
     bf16: bool = False
     name: str = "cpu"
     cores: int = 1
+    memory_available: int | None = None  # host RAM free for a data.cache store, in bytes
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class DataFacts:
     problems: int = 0
     class_counts: Mapping[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # (width, height, is JPEG) of a seeded sample of training images: sizes the data.cache store
+    size_sample: tuple[tuple[int, int, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,9 @@ class Loading:
     threads: int  # intra-op threads of each training process
     pin_memory: bool
     balance: str
+    cache: str = "none"  # none | ram | disk (data.cache=auto resolved)
+    cache_reason: str = ""
+    cache_bytes: int = 0  # estimated size of the store, per training process
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ class RunPlan:
             "channels_last": self.runtime.channels_last,
             "num_workers": self.loading.workers,
             "threads": self.loading.threads,
+            "cache": self.loading.cache,
             "pretrained": self.pretrained,
             "weights": self.weights,
             "preprocessing": self.preprocessing.as_dict(),
@@ -317,6 +324,20 @@ def build(
         if cfg.data.num_workers == "auto"
         else int(cfg.data.num_workers)
     )
+    threads = (
+        recipes.intra_op_threads(device.cores, devices, workers)
+        if cfg.data.threads == "auto"
+        else int(cfg.data.threads)
+    )
+    store_bytes = recipes.cache_bytes(
+        data.size_sample, data.train, recipes.decode_size(image_size, level["scale"][0])
+    )
+    cache, cache_reason = recipes.choose_cache(cfg.data.cache, store_bytes, device.memory_available, devices)
+    if cache == "ram" and device.memory_available and store_bytes * devices > device.memory_available:
+        warnings.append(
+            f"data.cache=ram: the store (~{store_bytes * devices / 1e9:.1f} GB) is more than the "
+            f"{device.memory_available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
+        )
     strategy = str(cfg.trainer.strategy)
     if cfg.model.freeze_epochs and strategy == "ddp":
         strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
@@ -342,9 +363,12 @@ def build(
         loading=Loading(
             augmentation=level,
             workers=workers,
-            threads=recipes.intra_op_threads(device.cores, devices, workers),
+            threads=threads,
             pin_memory=device.cuda,
             balance=balance,
+            cache=cache,
+            cache_reason=cache_reason,
+            cache_bytes=store_bytes,
         ),
         preprocessing=preprocessing,
         network=Network(
@@ -421,17 +445,47 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory(shm: str = "/dev/shm") -> int | None:
+    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
+    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
+    larger than it would crash the loader with SIGBUS when written)."""
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    memory = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return memory
+    free = st.f_bavail * st.f_frsize
+    return free if memory is None else min(memory, free)
+
+
 def probe_device(trainer_cfg: DictConfig) -> Device:
     """Look at the accelerator once. trainer.accelerator=cpu answers without importing torch."""
     accelerator = str(trainer_cfg.accelerator)
-    cores = usable_cores()
+    cores, memory = usable_cores(), available_memory()
     if accelerator == "cpu":
-        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+        return Device(
+            cuda=False,
+            per_node=count_devices(trainer_cfg.devices, False),
+            cores=cores,
+            memory_available=memory,
+        )
     import torch
 
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if not cuda:
-        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+        return Device(
+            cuda=False,
+            per_node=count_devices(trainer_cfg.devices, False),
+            cores=cores,
+            memory_available=memory,
+        )
     props = torch.cuda.get_device_properties(0)
     return Device(
         cuda=True,
@@ -440,6 +494,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
         bf16=bool(torch.cuda.is_bf16_supported()),
         name=str(props.name),
         cores=cores,
+        memory_available=memory,
     )
 
 
@@ -469,7 +524,7 @@ def load_data(cfg: DictConfig, run_dir: Path | None):
     return split, report
 
 
-def data_facts(split, report) -> DataFacts:
+def data_facts(split, report, size_sample: tuple = ()) -> DataFacts:
     return DataFacts(
         root=split.root,
         classes=tuple(split.classes),
@@ -481,6 +536,7 @@ def data_facts(split, report) -> DataFacts:
         problems=len(report.problems),
         class_counts=dict(report.class_counts),
         warnings=tuple(report.warnings),
+        size_sample=size_sample,
     )
 
 
@@ -507,9 +563,14 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
     cli_overrides, preset = hydra_context(cfg)
+    sizes = ()
+    if cfg.data.cache in ("auto", "ram"):  # a few hundred headers: the store's size, for auto
+        from effnet.data.cache import size_sample
+
+        sizes = size_sample([path for path, _ in split.train], seed=int(cfg.seed))
     plan = build(
         cfg,
-        data_facts(split, report),
+        data_facts(split, report, sizes),
         device,
         resolve_preprocessing(backbone_cfg, image_size, overrides),
         resume=resume,
@@ -560,6 +621,7 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
         ("precision", plan.precision),
         ("strategy", plan.strategy + (", channels_last" if plan.runtime.channels_last else "")),
         ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
+        ("data cache", f"{plan.loading.cache} ({plan.loading.cache_reason})"),
         ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),
         ("weights", plan.weights),
         (

@@ -18,7 +18,7 @@ from effnet.checkpoints.find import locate
 from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
 from effnet.errors import UserError
-from effnet.recipes import AUG_LEVELS
+from effnet.recipes import AUG_LEVELS, CACHE_MODES
 
 PRECISIONS = (
     "32-true",
@@ -98,6 +98,8 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     VAL_FRACTION,
     ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", *WORKERS, False),
+    ("data.threads", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1", False),
+    ("data.cache", one_of(*CACHE_MODES), "one of: " + ", ".join(CACHE_MODES), False),
     ("data.on_bad_image", one_of(*BAD_IMAGE_POLICIES), "one of: " + ", ".join(BAD_IMAGE_POLICIES), False),
     ("data.balance", one_of(*BALANCES), "one of: " + ", ".join(BALANCES), False),
     ("data.max_image_pixels", int_at_least(1), "an integer >= 1, e.g. 100000000", False),
@@ -257,8 +259,31 @@ def _check_export(cfg: DictConfig) -> None:
         raise UserError(f"bench.batch_sizes={sizes}: must be a list of integers >= 1")
 
 
-COMMAND_RULES = {"eval": EVAL_RULES, "predict": PREDICT_RULES, "export": EXPORT_RULES}
-EXTRA_CHECKS = {"export": _check_export}
+BENCH_RULES = [
+    ("bench.images", int_at_least(1), "an integer >= 1, e.g. bench.images=1024", False),
+    ("bench.val_images", int_at_least(1), "an integer >= 1", False),
+    ("bench.epochs", int_at_least(1), "an integer >= 1 (the first epoch is cold, the rest cached)", False),
+    ("bench.ceiling_steps", int_at_least(1), "an integer >= 1", False),
+    ("bench.warmup_steps", int_at_least(0), "an integer >= 0", False),
+]
+BENCH_COMPARE = ("timm", "plain")
+
+
+def _check_bench(cfg: DictConfig) -> None:
+    """bench.py takes every train.py key, checked by train.py's rules, plus its own."""
+    validate(cfg)
+    compare = cfg.bench.compare
+    names = [] if compare is None else [compare] if isinstance(compare, str) else list(compare)
+    if any(n not in BENCH_COMPARE for n in names):
+        raise UserError(
+            f"bench.compare={compare}: must be null, timm, plain or a list of them, e.g. bench.compare=[timm,plain]"
+        )
+    if not (OmegaConf.is_list(cfg.bench.threads) and all(_is_int(t) and t >= 1 for t in cfg.bench.threads)):
+        raise UserError(f"bench.threads={cfg.bench.threads}: must be a list of integers >= 1, e.g. [1,2]")
+
+
+COMMAND_RULES = {"eval": EVAL_RULES, "predict": PREDICT_RULES, "export": EXPORT_RULES, "bench": BENCH_RULES}
+EXTRA_CHECKS = {"export": _check_export, "bench": _check_bench}
 
 
 def _validate_rules(cfg: DictConfig, rules) -> None:

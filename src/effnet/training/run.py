@@ -81,6 +81,7 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
         pin_memory=loading.pin_memory,
         seed=plan.seed,
         sample_weights=sample_weights(split.train) if loading.balance == "weighted_sampler" else None,
+        cache=loading.cache,
     )
 
 
@@ -171,6 +172,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         "last_checkpoint": str(ckpt_dir / find.LAST),
         "epochs_completed": trainer.current_epoch,
         "train_images_per_sec": round(throughput.typical, 2),
+        "data_wait_fraction": throughput.typical_wait,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),
@@ -224,9 +226,14 @@ def print_summary(summary: dict) -> None:
             f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}",
         ),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
-        ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s"),
+        ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s{_waiting(summary)}"),
         ("run folder", summary["run_dir"]),
     ]
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
+
+
+def _waiting(summary: dict) -> str:
+    wait = summary.get("data_wait_fraction")
+    return "" if wait is None else f", {wait:.0%} of step time waiting for data"
