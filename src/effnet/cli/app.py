@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import runs, sweeps
+from effnet.cli import argv
 from effnet.cli.validate import validate, validate_command
 from effnet.errors import UserError, exit_with, one_line
 
@@ -133,6 +135,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:
+        sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name)  # `~` in paths, unknown flags
         app()
     except Exception as exc:
         message = None if show_traceback else one_line(exc)
