@@ -499,9 +499,10 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
 
 
 def load_data(cfg: DictConfig, run_dir: Path | None):
-    """Scan the folder (cached), then take the run folder's split if it has one (a resumed run),
-    else draw a fresh one from the usable files. Returns (split, scan report); writes nothing
-    but the scan cache and, for data=demo, the demo images."""
+    """Scan the folder (cached), then take the split of `run_dir` (the run being resumed; None for
+    a fresh run, which never adopts a split it finds) or draw a fresh one from the usable files.
+    Returns (split, scan report); writes nothing but the scan cache and, for data=demo, the demo
+    images."""
     from effnet.data import folders, scan
 
     if cfg.data.generate_demo:
@@ -518,10 +519,32 @@ def load_data(cfg: DictConfig, run_dir: Path | None):
     if split is None:
         split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
     else:
-        split = folders.without(split, report.bad_files)
+        split = folders.without(split, report.bad_files | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
     return split, report
+
+
+def gone_from_split(split, root: str) -> set[str]:
+    """Files of a resumed run's split that are no longer there: left out with one warning, or one
+    line when none of its training images is left."""
+    import logging
+
+    samples = split.train + split.val + split.test
+    gone = {p for p, _ in samples if not os.path.exists(p)}
+    if split.train and all(p in gone for p, _ in split.train):
+        raise UserError(
+            f"data.root={root}: none of the resumed run's {len(split.train)} training images is there any "
+            f"more (e.g. {next(iter(sorted(gone)))}); pass the folder the run was trained on"
+        )
+    if gone:
+        logging.getLogger("effnet").warning(
+            "%d image(s) of the run's split are gone from %s (e.g. %s): left out",
+            len(gone),
+            root,
+            sorted(gone)[0],
+        )
+    return gone
 
 
 def data_facts(split, report, size_sample: tuple = ()) -> DataFacts:
@@ -538,6 +561,22 @@ def data_facts(split, report, size_sample: tuple = ()) -> DataFacts:
         warnings=tuple(report.warnings),
         size_sample=size_sample,
     )
+
+
+def check_trainer_keys(trainer_cfg: DictConfig) -> None:
+    """The `trainer:` keys go to lightning.Trainer as they are; one it does not take (added with
+    +trainer.x=...) is one line here, before the data scan, not a TypeError after it."""
+    import difflib
+    import inspect
+
+    from lightning import Trainer
+
+    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in trainer_cfg:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
+            raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
 
 
 def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
@@ -557,8 +596,9 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
     from effnet.preprocessing import pretrained_config
     from effnet.preprocessing import resolve as resolve_preprocessing
 
+    check_trainer_keys(cfg.trainer)
     backbone_cfg = pretrained_config(cfg.model.backbone)  # an unknown backbone fails before the scan
-    split, report = load_data(cfg, run_dir)
+    split, report = load_data(cfg, run_dir if resume else None)
     device = probe_device(cfg.trainer)
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)

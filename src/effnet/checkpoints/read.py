@@ -52,12 +52,14 @@ def sections(hparams: Mapping) -> dict:
     return out
 
 
-def read(path: Path, key: str = "ckpt") -> dict:
-    """The checkpoint's dict, loaded with weights_only=True; one line for anything else."""
+def read(path: Path, key: str = "ckpt", mmap: bool = False) -> dict:
+    """The checkpoint's dict, loaded with weights_only=True; one line for anything else.
+    `mmap` maps the tensors instead of reading them (a look at the metadata costs no full read)."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a class or function it would have to import and call
+        text = str(exc).lower()
+        if "weights only load failed" in text or "unsupported global" in text:  # it would run code
             raise UserError(
                 f"{key}={path}: refusing to load, it needs arbitrary unpickling (weights_only=True); "
                 "use a checkpoint written by effnet's train.py"

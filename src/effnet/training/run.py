@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from effnet import plan as run_plan
-from effnet import runs
+from effnet import runfolder, runs
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, scan
 from effnet.data.balance import sample_weights
@@ -63,8 +63,9 @@ def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split,
     ranks.clear(run_dir)
     for stale in write.remove_stale_temporaries(run_dir / find.CHECKPOINTS):
         log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
-    if folders.load_split(run_dir) is None:
+    if plan.resume is None or folders.load_split(run_dir) is None:  # a resume keeps the run's own
         folders.save_split(split, run_dir)
+    runfolder.record(run_dir, runfolder.identity_of(plan))
     write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
     scan.log_report(report, cfg.data.on_bad_image)
     (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
@@ -106,9 +107,12 @@ def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None
 def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     started = time.perf_counter()
     quiet_libraries()
+    runfolder.claim(cfg, run_dir)  # done already under train.py; this is for callers of run()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
+    if checkpoint is not None:
+        runfolder.check_checkpoint(cfg, run_dir, checkpoint)
     Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
     plan, split, report = run_plan.resolve(cfg, run_dir, resume=str(checkpoint) if checkpoint else None)
     if runs.global_rank() == 0:
