@@ -154,6 +154,7 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("gpu.checkpointing_gain", lambda v: _is_number(v) and v >= 1, "a number >= 1", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),
+    ("divergence.patience", int_at_least(1), "an integer >= 1, or null (never stop)", True),
 ]
 
 ROW_RULES = [r for r in RULES if r[0] in ("epochs", "lr", "batch_size", "dropout", "aug")]

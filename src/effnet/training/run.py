@@ -27,6 +27,7 @@ from effnet.data.loaders import ImageDataModule
 from effnet.files import write_json
 from effnet.training import interrupts, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
+from effnet.training.divergence import StopOnDivergence
 from effnet.training.loggers import build_loggers, finishing
 from effnet.training.module import ClassifierModule
 
@@ -139,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     throughput, best_epoch = Throughput(), BestEpoch()
     dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
     callbacks = [
+        StopOnDivergence(cfg.divergence.patience, ckpt_dir / find.LAST),  # first: before anything records
         best,
         latest,
         throughput,
