@@ -92,8 +92,17 @@ def load_module(path: Path, key: str = "ckpt"):
     from effnet.training.module import ClassifierModule
 
     raw = read(path, key)
+    state = raw["state_dict"]
+    broken = [
+        k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if broken:
+        raise UserError(
+            f"{key}={path}: {len(broken)} of its weight tensors hold nan or inf (e.g. {broken[0]}): the run "
+            "diverged before it was written; use an earlier checkpoint, or train again with a lower lr"
+        )
     args = sections(raw["hyper_parameters"])
     args.pop("runtime", None)
     module = ClassifierModule(**args)
-    module.load_state_dict(raw["state_dict"])
+    module.load_state_dict(state)
     return module.eval()

@@ -216,12 +216,24 @@ def infer(
         skipped.update(failed)
         if images is None:
             continue
-        logits = predictor(images)
+        logits = check_finite(predictor, predictor(images))
         if tta:
-            flipped = predictor(np.ascontiguousarray(images[..., ::-1]))
-            logits = np.log((softmax(logits) + softmax(flipped)) / 2)
+            flipped = check_finite(predictor, predictor(np.ascontiguousarray(images[..., ::-1])))
+            logits = np.log((softmax(logits) + softmax(flipped)) / 2)  # -inf for a class at 0 is fine
         out[indices] = logits
     return out, skipped
+
+
+def check_finite(predictor: Predictor, logits: np.ndarray) -> np.ndarray:
+    """The model's logits, or one line when any is nan or inf: nan probabilities would be written
+    out as answers (and nan passes any `diff > atol` test)."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise UserError(
+            f"{predictor.path}: the model's outputs are not finite (nan or inf) for {int(bad.sum())} of "
+            f"{len(logits)} images: its weights are broken (did its run diverge?); use another checkpoint"
+        )
+    return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
