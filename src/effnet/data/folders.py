@@ -219,6 +219,8 @@ def discover(
     Files in `exclude` are left out before the split is drawn; symlinks count each real file
     once (see `walk`)."""
     root = Path(os.path.abspath(Path(root).expanduser()))  # split.json must not depend on the cwd
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data.root={root}: is a file; point data.root at a folder of class subfolders")
     if not root.is_dir():
         raise UserError(
             f"data.root={root}: folder not found; point data.root at a folder of class subfolders"
