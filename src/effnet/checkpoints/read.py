@@ -59,7 +59,7 @@ def read(path: Path, key: str = "ckpt", mmap: bool = False) -> dict:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc).lower()
-        if "weights only load failed" in text or "unsupported global" in text:  # it would run code
+        if "unsupported global" in text:  # a class or function it would have to import and call
             raise UserError(
                 f"{key}={path}: refusing to load, it needs arbitrary unpickling (weights_only=True); "
                 "use a checkpoint written by effnet's train.py"
