@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from effnet.cli.argv import expand_overrides
+from effnet.cli.argv import expand_overrides, order_flags
 from effnet.errors import UserError
 from tests.helpers import ROOT, make_images, one_error_line, run_train
 
@@ -92,6 +92,9 @@ def test_an_unknown_flag_is_one_line(tmp_path):
     assert result.returncode == 2
     assert one_error_line(result).startswith("unknown option --no-such-flag; see python train.py --help")
     with pytest.raises(UserError, match="invalid choice: 'nope'"):
-        from effnet.cli.argv import check_flags
+        order_flags(["--cfg", "nope"], "train.py")
 
-        check_flags(["--cfg", "nope"], "train.py")
+
+def test_overrides_may_stand_on_both_sides_of_a_flag():
+    args = ["data.root=/p", "-m", "lr=1e-3,1e-4", "--cfg", "job", "seed=1"]
+    assert order_flags(args, "train.py") == ["-m", "--cfg", "job", "data.root=/p", "lr=1e-3,1e-4", "seed=1"]

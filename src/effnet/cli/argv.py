@@ -9,7 +9,8 @@ reject it anyway, a `~` can only mean a home folder, so it is expanded here for 
 (Bash does expand `ckpt=~/run`, a valid variable name; that arrives as an absolute path.)
 
 Flags: argparse reports an unknown flag as a usage block and an error line; here it is one line,
-like every other mistake on the command line.
+like every other mistake on the command line. And it takes overrides only from before or after
+the flags, not both (`data.root=x -m lr=1,2`); they are put after them here.
 """
 
 from __future__ import annotations
@@ -40,24 +41,33 @@ def expand_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
-def check_flags(args: Sequence[str], script: str) -> None:
-    """UserError for a flag or flag value that Hydra's own argument parser rejects."""
+def order_flags(args: Sequence[str], script: str) -> list[str]:
+    """The arguments with Hydra's flags first and the overrides after them, so `data.root=x -m
+    lr=1,2` works as `-m data.root=x lr=1,2` does (argparse takes positionals from one place
+    only); UserError for a flag or flag value that Hydra's own argument parser rejects."""
     try:
         from hydra._internal.utils import get_args_parser  # the parser hydra.main uses
     except ImportError:  # a Hydra without it: argparse's own message still ends the run
-        return
+        return list(args)
     parser = get_args_parser()
 
     def error(message: str) -> None:
         raise UserError(f"{message}; see python {script} --help (settings are key=value, e.g. lr=1e-3)")
 
     parser.error = error  # argparse would print its usage block and exit
-    _, unknown = parser.parse_known_args(list(args))
+    parsed, unknown = parser.parse_known_intermixed_args(list(args))
     if unknown:
         error(f"unknown option {' '.join(unknown)}")
+    overrides = list(parsed.overrides or [])
+    flags, pending = [], list(overrides)
+    for arg in args:
+        if pending and arg == pending[0]:
+            pending.pop(0)
+        else:
+            flags.append(arg)
+    return flags + overrides
 
 
 def prepare(args: Sequence[str], script: str) -> list[str]:
     """The arguments Hydra should parse; UserError for an unknown flag."""
-    check_flags(args, script)
-    return expand_overrides(args)
+    return expand_overrides(order_flags(args, script))
