@@ -137,6 +137,9 @@ def test_a_moved_data_folder_is_followed_and_a_stranger_is_not(finished, tmp_pat
     new_data = old_data.rename(tmp_path / "moved")
 
     before = tree(copy)
+    gone = run_train(with_(args, f"data.root={old_data}", f"ckpt_path={copy}"), cwd=tmp_path)
+    assert gone.returncode == 2
+    assert "if the run's data folder moved, resume with data.root=<where it is now>" in one_error_line(gone)
     stranger = run_train(with_(args, f"data.root={lookalike}", f"ckpt_path={copy}"), cwd=tmp_path)
     assert stranger.returncode == 2
     assert f"data.root={lookalike} holds none of the run's 18 images" in one_error_line(stranger)

@@ -200,6 +200,12 @@ def _check_paths(cfg: DictConfig) -> None:
             "data.root is required: python train.py data.root=/path/to/images (or data=demo for a synthetic demo)"
         )
     if not cfg.data.generate_demo:
+        root = Path(str(cfg.data.root)).expanduser()
+        if cfg.ckpt_path is not None and not root.exists():
+            raise UserError(
+                f"data.root={cfg.data.root}: folder not found; if the run's data folder moved, resume with "
+                "data.root=<where it is now>: the run's split follows it"
+            )
         folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
     weights = cfg.model.weights
     if weights is not None:
