@@ -13,6 +13,7 @@ for the backbone's preprocessing) and is what train.py and `dry_run=true` call.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -26,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from effnet import recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
+
+log = logging.getLogger("effnet")
 
 RECIPE_KEYS = ("lr", "epochs", "batch_size", "dropout", "aug")
 # Trainer arguments the plan decides; the rest of the `trainer:` section passes through as given.
@@ -528,8 +531,6 @@ def load_data(cfg: DictConfig, run_dir: Path | None):
 def gone_from_split(split, root: str) -> set[str]:
     """Files of a resumed run's split that are no longer there: left out with one warning, or one
     line when none of its training images is left."""
-    import logging
-
     samples = split.train + split.val + split.test
     gone = {p for p, _ in samples if not os.path.exists(p)}
     if split.train and all(p in gone for p, _ in split.train):
@@ -538,7 +539,7 @@ def gone_from_split(split, root: str) -> set[str]:
             f"more (e.g. {next(iter(sorted(gone)))}); pass the folder the run was trained on"
         )
     if gone:
-        logging.getLogger("effnet").warning(
+        log.warning(
             "%d image(s) of the run's split are gone from %s (e.g. %s): left out",
             len(gone),
             root,
