@@ -117,8 +117,10 @@ def module_sections(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
 # own working folder, environment, exit status and output, so a table of bad inputs can assert the
 # command-line contract per case without paying Python's and Hydra's start-up every time.
 _WARM = r"""
-import json, os, runpy, sys, traceback
+import importlib, json, os, runpy, sys, traceback
 import effnet.cli.app  # what every entry script imports first, imported once
+for name in sys.argv[1:]:  # and, for cases that load a model anyway, the heavy modules too
+    importlib.import_module(name)
 for line in sys.stdin:
     case = json.loads(line)
     pid = os.fork()
@@ -158,13 +160,14 @@ class WarmRun(subprocess.CompletedProcess):
 
 class WarmEntry:
     """`run(script, args, cwd)` runs train.py/eval.py/predict.py/export.py as `python script args`
-    would, in a process forked from an interpreter that has already imported effnet.cli.app."""
+    would, in a process forked from an interpreter that has already imported effnet.cli.app (and
+    the `preload` modules: then `heavy` says nothing about the case)."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, preload: tuple[str, ...] = ()) -> None:
         self.scratch = scratch
         self.count = 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WARM],
+            [sys.executable, "-c", _WARM, *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

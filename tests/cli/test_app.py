@@ -266,6 +266,14 @@ def warm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def warm_heavy(tmp_path_factory):
+    """For the cases that must read a model to know: torch and Lightning already imported."""
+    runner = WarmEntry(tmp_path_factory.mktemp("warm_heavy"), preload=("torch", "lightning", "timm"))
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
 def surface(tmp_path_factory, trained_run) -> dict[str, Path]:
     """What the bad inputs point at: data folders, a trained run, broken models, files of the wrong kind."""
     import torch
@@ -351,12 +359,13 @@ def assert_user_error(result, message: str, cwd: Path, watched: dict, heavy_allo
     ids=[f"{c}:{' '.join(a) or 'no-args'}" for c, a, _, _ in SURFACE_CASES],
 )
 def test_every_bad_input_of_every_command_is_one_line_and_writes_nothing(
-    command, args, message, heavy, warm, surface, tmp_path
+    command, args, message, heavy, request, surface, tmp_path
 ):
     fill = {k: str(v) for k, v in surface.items()}
     args = [a.format(**fill) for a in args]
     watched = {surface["data"].parent: tree(surface["data"].parent), surface["run"]: tree(surface["run"])}
-    result = warm.run(f"{command}.py", args, cwd=tmp_path)
+    runner = request.getfixturevalue("warm_heavy" if heavy else "warm")
+    result = runner.run(f"{command}.py", args, cwd=tmp_path)
     assert_user_error(result, message.format(**fill), tmp_path, watched, heavy)
 
 
