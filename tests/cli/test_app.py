@@ -400,6 +400,7 @@ RULE_BASE = {
     "eval": ["ckpt={run}"],
     "predict": ["ckpt={run}", "inputs={data}"],
     "export": ["ckpt={run}"],
+    "bench": ["data.root={data}"],
 }
 
 
