@@ -27,7 +27,7 @@ def test_small_preset_on_the_8gb_tier_is_the_documented_recipe():
     assert p.precision == "32-true" and p.tier == "8gb"
     assert p.recipe_reason == "data_size=small (from preset=small), images not counted"
     assert any("gpu=8gb but no CUDA device" in w for w in p.warnings)
-    assert (p.regularisation.mixup, p.regularisation.cutmix, p.regularisation.erase_prob) == (0.2, 1.0, 0.25)
+    assert (p.regularisation.mixup, p.regularisation.cutmix, p.regularisation.erase_prob) == (0.0, 0.0, 0.25)
     assert p.optimisation.lr == p.recipe.lr and p.network.dropout == p.recipe.dropout == 0.3
 
 
@@ -88,7 +88,7 @@ def test_class_weights_are_inverse_frequency_and_refuse_mixed_labels():
     assert p.regularisation.class_weights == pytest.approx((40 / 60, 40 / 20))
     assert build(["aug=light"], data=data).regularisation.class_weights is None
     with pytest.raises(UserError, match="data.balance=class_weights does not combine with mixup"):
-        build(["data.balance=class_weights", "aug=heavy"], data=data)
+        build(["data.balance=class_weights", "aug=heavy", "augment.heavy.mixup=0.2"], data=data)
 
 
 def test_loader_workers_leave_the_cores_to_threads_they_do_not_use():

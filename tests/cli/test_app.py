@@ -111,7 +111,14 @@ def test_dry_run_prints_the_plan_and_writes_no_run_folder(tmp_path):
 def test_a_dry_run_of_a_bad_combination_is_one_line(tmp_path):
     data = make_images(tmp_path / "photos", {"ants": 6, "bees": 6})
     result = run_train(
-        [f"data.root={data}", "data.balance=class_weights", "aug=heavy", "dry_run=true"], cwd=tmp_path
+        [
+            f"data.root={data}",
+            "data.balance=class_weights",
+            "aug=heavy",
+            "augment.heavy.cutmix=1.0",
+            "dry_run=true",
+        ],
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert one_error_line(result).startswith("data.balance=class_weights does not combine with mixup")

@@ -43,7 +43,9 @@ ARGS = [
     "data.num_workers=0",
     "scheduler.warmup_epochs=0",
     "trainer.accelerator=cpu",
-    "aug=heavy",  # RandAugment, erasing and mixup: every RNG stream is in play
+    "aug=heavy",  # RandAugment, erasing and (below) mixup/cutmix: every RNG stream is in play
+    "augment.heavy.mixup=0.2",
+    "augment.heavy.cutmix=1.0",
     "model.ema=true",
     "trainer.deterministic=true",
 ]

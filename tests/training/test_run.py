@@ -96,6 +96,8 @@ def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
         *FAST,
         "batch_size=8",
         "aug=heavy",
+        "augment.heavy.mixup=0.2",
+        "augment.heavy.cutmix=1.0",
         "model.freeze_epochs=1",
         "model.ema=true",
         "model.head.hidden=[16]",
