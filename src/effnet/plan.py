@@ -29,7 +29,7 @@ from effnet.preprocessing import Preprocessing
 
 RECIPE_KEYS = ("lr", "epochs", "batch_size", "dropout", "aug")
 # Trainer arguments the plan decides; the rest of the `trainer:` section passes through as given.
-PLANNED_TRAINER_KEYS = ("precision", "sync_batchnorm", "strategy")
+PLANNED_TRAINER_KEYS = ("precision", "sync_batchnorm", "strategy", "ddp_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ class RunPlan:
     devices: int  # processes per node
     num_nodes: int
     strategy: str
+    ddp_timeout_s: float  # how long a DDP rank waits for the others in a collective
     device_name: str
     loading: Loading
     preprocessing: Preprocessing
@@ -338,6 +339,7 @@ def build(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        ddp_timeout_s=float(cfg.trainer.ddp_timeout_s),
         device_name=device.name,
         loading=Loading(
             augmentation=level,
@@ -558,7 +560,12 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
             f"{plan.accelerator} ({plan.device_name}), {plan.devices} per node x {plan.num_nodes} node(s)",
         ),
         ("precision", plan.precision),
-        ("strategy", plan.strategy + (", channels_last" if plan.runtime.channels_last else "")),
+        (
+            "strategy",
+            plan.strategy
+            + (f", {plan.ddp_timeout_s:g} s process-group timeout" if plan.world_size > 1 else "")
+            + (", channels_last" if plan.runtime.channels_last else ""),
+        ),
         ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
         ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),
         ("weights", plan.weights),

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from effnet import runs, sweeps
 from effnet.cli.validate import validate, validate_command
-from effnet.errors import UserError, exit_with, one_line
+from effnet.errors import RankFailed, UserError, exit_with, one_line
 
 log = logging.getLogger("effnet")
 
@@ -122,6 +122,8 @@ def train_task(cfg: DictConfig) -> float | None:
             job_failed(cfg, hydra_cfg, exc)
         if isinstance(exc, UserError):
             exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
+        if isinstance(exc, RankFailed):
+            exit_with(str(exc), status=1)  # another rank's error: not a user mistake
         raise
     return best
 

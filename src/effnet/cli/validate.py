@@ -149,6 +149,7 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("trainer.precision", one_of(*PRECISIONS, 16, 32, 64), "one of: " + ", ".join(PRECISIONS[:6]), True),
     ("trainer.num_nodes", int_at_least(1), "an integer >= 1", False),
     ("gpu.min_micro_batch", int_at_least(1), "an integer >= 1", False),
+    ("trainer.ddp_timeout_s", positive, "a number of seconds > 0, e.g. 600", False),
     ("gpu.checkpointing_gain", lambda v: _is_number(v) and v >= 1, "a number >= 1", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),

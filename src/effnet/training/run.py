@@ -25,7 +25,7 @@ from effnet.data import folders, scan
 from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
 from effnet.files import write_json
-from effnet.training import interrupts, ranks
+from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
 from effnet.training.loggers import build_loggers, finishing
 from effnet.training.module import ClassifierModule
@@ -149,7 +149,10 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         callbacks.append(FreezeBackbone(plan.freeze_epochs))
     loggers = build_loggers(cfg, run_dir, setup)
     trainer = L.Trainer(
-        **plan.trainer_args(),
+        **{
+            **plan.trainer_args(),
+            "strategy": launch.strategy(plan.strategy, plan.world_size, plan.ddp_timeout_s),
+        },
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=loggers or False,
@@ -159,7 +162,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         note_resume(plan, checkpoint, run_dir)
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
-        fit(trainer, module, datamodule, checkpoint, run_dir, stop)
+        fit(trainer, module, datamodule, checkpoint, run_dir, stop, plan.ddp_timeout_s)
 
     epoch, best_acc = best_epoch.best
     summary = {
@@ -181,7 +184,9 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     return summary
 
 
-def fit(trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir: Path, stop) -> None:
+def fit(
+    trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir: Path, stop, timeout_s: float
+) -> None:
     """trainer.fit, with the two ways a run ends early: another rank failed first (one line naming
     it), or a signal asked it to stop (a checkpoint, then the command that resumes it)."""
     try:
@@ -192,7 +197,7 @@ def fit(trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir
             weights_only=True,  # resume never unpickles code, whoever wrote the file
         )
     except Exception as exc:
-        ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
+        ranks.raise_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc, timeout_s)
         raise
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
