@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -17,8 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import runs, sweeps
-from effnet.cli.validate import validate, validate_command
+from effnet import cluster, runs, sweeps
+from effnet.cli.validate import validate, validate_command, validate_launcher
 from effnet.errors import RankFailed, UserError, exit_with, one_line
 
 log = logging.getLogger("effnet")
@@ -43,12 +44,16 @@ class ValidateBeforeRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._validate_or_exit(config)
+        if self.command == "train":
+            self._validate_or_exit(config, validate_launcher)
         if self.command == "train" and config.get("dry_run"):
             exit_with("dry_run=true shows one run's plan: drop -m (or run it once per value you sweep)")
 
-    def _validate_or_exit(self, config: DictConfig) -> None:
+    def _validate_or_exit(self, config: DictConfig, check=None) -> None:
         try:
-            if self.command == "train":
+            if check is not None:
+                check(config)
+            elif self.command == "train":
                 validate(config)
             else:
                 validate_command(self.command, config)
@@ -80,6 +85,8 @@ def register_resolvers() -> None:
         ("effnet_run_dir", runs.run_dir_for),
         ("effnet_log_file", runs.log_file),
         ("effnet_rank_zero", runs.rank_zero_only),
+        ("effnet_slurm_gpus", cluster.gpus_per_node),
+        ("effnet_slurm_cpus", cluster.cpus_per_task),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -132,6 +139,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:

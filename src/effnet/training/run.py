@@ -18,8 +18,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from effnet import cluster, runs
 from effnet import plan as run_plan
-from effnet import runs
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, scan
 from effnet.data.balance import sample_weights
@@ -54,7 +54,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts)."""
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
-        return train(cfg, run_dir, stop)
+        try:
+            return train(cfg, run_dir, stop)
+        finally:
+            stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
 
 def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split, report, cfg) -> None:
@@ -84,6 +87,19 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
     )
 
 
+def requeued(run_dir: Path) -> Path | None:
+    """A SLURM job that was requeued (effnet requeues itself on the pre-timeout signal) starts
+    again in the same run folder: it continues from the folder's last.ckpt by itself. Every rank
+    decides the same, before any of them can write (last.ckpt is first written after all ranks
+    have joined the process group)."""
+    if not cluster.restarted():
+        return None
+    found = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
+    if found is not None:
+        log.info("SLURM restarted this job (requeued): resuming from %s", found)
+    return found
+
+
 def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None:
     """Say where the run continues, warn when the schedule differs, and drop the metrics rows of
     the epochs about to be replayed so none is logged twice."""
@@ -107,7 +123,9 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     quiet_libraries()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
+    checkpoint = (
+        find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else requeued(run_dir)
+    )
     Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
     plan, split, report = run_plan.resolve(cfg, run_dir, resume=str(checkpoint) if checkpoint else None)
     if runs.global_rank() == 0:
@@ -204,11 +222,7 @@ def fit(
             raise
         resume_from = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
         interrupts.exit_interrupted(
-            stop.received,
-            trainer,
-            run_dir,
-            resume.resume_epoch(resume_from) if resume_from else 0,
-            stop.written,
+            stop, trainer, run_dir, resume.resume_epoch(resume_from) if resume_from else 0
         )
 
 
