@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -49,7 +50,9 @@ class ValidateBeforeRun(Callback):
         if self.command == "train" and config.get("dry_run"):
             exit_with("dry_run=true shows one run's plan: drop -m (or run it once per value you sweep)")
 
-    def _validate_or_exit(self, config: DictConfig, check=None) -> None:
+    def _validate_or_exit(
+        self, config: DictConfig, check: Callable[[DictConfig], None] | None = None
+    ) -> None:
         try:
             if check is not None:
                 check(config)

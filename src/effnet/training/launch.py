@@ -19,9 +19,10 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -108,7 +109,7 @@ class JobLauncher(_SubprocessScriptLauncher):
     of a sweep believe its ranks were started externally, and wait for ones that never come.
     """
 
-    def launch(self, function, *args, trainer=None, **kwargs):
+    def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
             self._call_children_scripts()

@@ -90,8 +90,7 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
 def requeued(run_dir: Path) -> Path | None:
     """A SLURM job that was requeued (effnet requeues itself on the pre-timeout signal) starts
     again in the same run folder: it continues from the folder's last.ckpt by itself. Every rank
-    decides the same, before any of them can write (last.ckpt is first written after all ranks
-    have joined the process group)."""
+    sees the same last.ckpt here: none of them writes one before all have joined the process group."""
     if not cluster.restarted():
         return None
     found = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
