@@ -64,8 +64,14 @@ def run_train(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path(), **(env or {})},
     )
+
+
+def source_path() -> str:
+    """PYTHONPATH for a child process: this checkout's src first, as pytest's own pythonpath does
+    (an editable install may point at another checkout, e.g. a git worktree's main)."""
+    return os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -104,4 +110,93 @@ def module_sections(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
         "optimisation": {**Optimisation().__dict__, **changes.get("optimisation", {})},
         "regularisation": {**Regularisation().__dict__, **changes.get("regularisation", {})},
         "runtime": {**Runtime().__dict__, **changes.get("runtime", {})},
+    }
+
+
+# Entry scripts run from one warm interpreter: each case is still its own process (forked), with its
+# own working folder, environment, exit status and output, so a table of bad inputs can assert the
+# command-line contract per case without paying Python's and Hydra's start-up every time.
+_WARM = r"""
+import importlib, json, os, runpy, sys, traceback
+import effnet.cli.app  # what every entry script imports first, imported once
+for name in sys.argv[1:]:  # and, for cases that load a model anyway, the heavy modules too
+    importlib.import_module(name)
+for line in sys.stdin:
+    case = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(case["cwd"])
+            os.environ.update(case["env"])
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = [case["script"], *case["args"]]
+            try:
+                runpy.run_path(case["script"], run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            with open(case["modules"], "w") as f:
+                json.dump(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "lightning", "timm"}), f)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+"""
+
+
+class WarmRun(subprocess.CompletedProcess):
+    """A finished case: returncode, stdout, stderr, and the heavy modules it imported."""
+
+    heavy: list[str]
+
+
+class WarmEntry:
+    """`run(script, args, cwd)` runs train.py/eval.py/predict.py/export.py as `python script args`
+    would, in a process forked from an interpreter that has already imported effnet.cli.app (and
+    the `preload` modules: then `heavy` says nothing about the case)."""
+
+    def __init__(self, scratch: Path, preload: tuple[str, ...] = ()) -> None:
+        self.scratch = scratch
+        self.count = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WARM, *preload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:
+        self.count += 1
+        files = {k: str(self.scratch / f"{self.count}.{k}") for k in ("stdout", "stderr", "modules")}
+        case = {"script": str(ROOT / script), "args": args, "cwd": str(cwd), "env": env or {}, **files}
+        self.proc.stdin.write(json.dumps(case) + "\n")
+        self.proc.stdin.flush()
+        code = json.loads(self.proc.stdout.readline())
+        out = WarmRun(args, code, Path(files["stdout"]).read_text(), Path(files["stderr"]).read_text())
+        modules = Path(files["modules"])
+        out.heavy = json.loads(modules.read_text()) if modules.is_file() else []
+        return out
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file under `folder` with its size and modification time (folders by name only):
+    equal trees, nothing written."""
+    return {
+        str(p.relative_to(folder)): None
+        if p.is_dir() and not p.is_symlink()
+        else (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
     }

@@ -159,3 +159,33 @@ def test_resolve_reads_the_folder_and_the_backbones_own_preprocessing(flat_folde
         )
     )
     assert mine.preprocessing.mean == (0.1, 0.2, 0.3) and mine.preprocessing.resize == 224
+
+
+def test_the_plan_chooses_the_data_cache_from_the_store_and_free_memory():
+    photos = plan.DataFacts(**{**HYMENOPTERA.__dict__, "size_sample": ((500, 375, True),) * 4})
+    roomy = plan.Device(cuda=False, per_node=1, cores=2, memory_available=16 * 10**9)
+    p = build([], data=photos, device=roomy)
+    assert p.loading.cache == "ram" and p.loading.cache_bytes == 244 * 500 * 375 * 3
+    assert ("data cache", f"ram ({p.loading.cache_reason})") in plan.rows(p)
+    assert p.summary()["cache"] == "ram"
+    tight = plan.Device(cuda=False, per_node=1, cores=2, memory_available=60 * 10**6)
+    assert build([], data=photos, device=tight).loading.cache == "none"
+    p = build(["data.cache=ram"], data=photos, device=tight)
+    assert p.loading.cache == "ram" and any("data.cache=ram: the store" in w for w in p.warnings)
+    assert build(["data.cache=disk"], data=photos, device=tight).loading.cache == "disk"
+
+
+def test_data_threads_overrides_the_cores_left_after_the_workers():
+    assert build(["data.num_workers=1"]).loading.threads == 1
+    assert build(["data.num_workers=1", "data.threads=2"]).loading.threads == 2
+
+
+def test_memory_for_a_ram_store_is_capped_by_shared_memory(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    roomy = plan.available_memory()
+    assert roomy and roomy > 64 * 2**20
+    # a container's default /dev/shm: 64 MB (this machine's cannot be made that small for a test)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=16384, f_frsize=4096))
+    assert plan.available_memory() == 64 * 2**20

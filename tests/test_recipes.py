@@ -167,3 +167,25 @@ def test_precision_follows_device_unless_set():
 def test_workers_get_their_cores_and_threads_the_rest(cores, devices, workers, threads):
     assert recipes.loader_workers(cores, devices) == workers
     assert recipes.intra_op_threads(cores, devices, workers) == threads
+
+
+def test_auto_cache_takes_ram_only_when_the_store_fits_comfortably():
+    store = 3 * 10**9
+    mode, why = recipes.choose_cache("auto", store, available_bytes=20 * 10**9, processes=1)
+    assert mode == "ram" and why == "auto: the store (~3.0 GB) fits in RAM (20.0 GB available)"
+    mode, why = recipes.choose_cache("auto", store, available_bytes=5 * 10**9, processes=1)
+    assert mode == "none" and "data.cache=disk" in why, "more than half of what is free: not in RAM"
+    assert recipes.choose_cache("auto", store, 20 * 10**9, processes=4)[0] == "none", "one store per process"
+    assert recipes.choose_cache("auto", store, None, 1)[0] == "none"
+    assert recipes.choose_cache("disk", store, 1, 1) == ("disk", "data.cache=disk, ~3.0 GB")
+
+
+def test_the_store_estimate_follows_the_decode_rules():
+    assert recipes.decode_size(224, 0.08) == 792 and recipes.decode_size(224, 0.35) == 379
+    # a 4000x3000 JPEG decodes at 1/2 scale (1500 >= 792), a PNG is reduced by 3 (1000)
+    assert recipes.stored_side(3000, 792, jpeg=True) == 1500
+    assert recipes.stored_side(3000, 792, jpeg=False) == 1000
+    assert recipes.stored_side(500, 792) == 500, "never enlarged"
+    assert recipes.cache_bytes([(4000, 3000, True), (500, 375, True)], 10, 792) == 5 * 3 * (
+        2000 * 1500 + 500 * 375
+    )

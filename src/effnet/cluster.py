@@ -11,7 +11,7 @@ effnet takes SIGUSR1 (effnet.training.interrupts): every rank finishes its step,
 checkpoints/interrupted.ckpt, and then, in a batch job, rank 0 runs `scontrol requeue` (`requeue`).
 SLURM starts the job again with the same job id and SLURM_RESTART_COUNT=1, in the same run folder
 (a sweep job's folder, or slurm-<job id>), and the run resumes from its last.ckpt by itself
-(`restarted`). One signal for every way of launching: `sbatch --signal=USR1@90` + srun,
+(`resume_if_requeued`). One signal for every way of launching: `sbatch --signal=USR1@90` + srun,
 torchrun inside SLURM, and hydra/launcher=slurm, whose preset asks SLURM for USR1 instead of
 submitit's USR2. submitit's USR2 handler would requeue only with max_num_timeout > 0 (the
 launcher's default is 0), only on rank 0, and by exiting in the middle of a training step.
@@ -20,15 +20,20 @@ Imports no torch.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from effnet import recipes
+from effnet.checkpoints import find
 from effnet.errors import UserError
+
+log = logging.getLogger("effnet")
 
 # hydra-submitit-launcher's class behind hydra/launcher=submitit_slurm and effnet's slurm preset
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -63,6 +68,20 @@ def job_label(environ: Mapping[str, str] = os.environ) -> str:
     """The job as squeue shows it: <array job>_<task> for a task of an array (a sweep), else its id."""
     array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else environ.get("SLURM_JOB_ID", "?")
+
+
+def resume_if_requeued(cfg: DictConfig, run_dir: Path | str) -> None:
+    """SLURM started this job again (effnet requeued it on the time-limit warning) and its run
+    folder holds its run: continue that run, as `ckpt_path=<run folder>` would, so the run
+    folder's checks for a resume apply (effnet.runfolder: the same run, the same data). Every rank
+    decides alike: none writes a checkpoint before all have joined the process group."""
+    if cfg.get("ckpt_path") is not None or not restarted():
+        return
+    if find.in_folder(Path(run_dir) / find.CHECKPOINTS, "resume") is None:
+        return  # stopped before its first checkpoint: a fresh start in the same folder
+    with read_write(cfg):
+        cfg.ckpt_path = str(run_dir)
+    log.info("SLURM restarted this job (requeued): resuming the run in %s", run_dir)
 
 
 def requeue(environ: Mapping[str, str] = os.environ) -> str | None:

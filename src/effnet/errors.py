@@ -7,7 +7,14 @@ fix. Everything that is not recognised here is a real bug and keeps its tracebac
 from __future__ import annotations
 
 import difflib
+import os
 import sys
+import traceback
+from typing import NoReturn
+
+# The user's own HYDRA_FULL_ERROR, kept here because effnet sets Hydra's to 1 (to see exceptions
+# itself) and every process it starts (DDP ranks) inherits that.
+FULL_ERROR_ENV = "EFFNET_FULL_ERROR"
 
 
 class UserError(Exception):
@@ -45,7 +52,31 @@ def _unknown_key(exc, override: str) -> str:
     return f"unknown key '{key}' ({hint}); to add a new key write +{override}"
 
 
-def exit_with(message: str, status: int = 2) -> None:
+def keep_full_error_choice() -> None:
+    """Remember whether the user asked for tracebacks, before Hydra's variable is taken over."""
+    os.environ.setdefault(FULL_ERROR_ENV, "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0")
+
+
+def wants_traceback() -> bool:
+    return os.environ.get(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
+
+
+def exit_for(exc: BaseException, bugs_exit: bool = False) -> NoReturn:
+    """The end of a run that raised `exc`: a mistake the user can fix is one line and status 2
+    (with HYDRA_FULL_ERROR=1 its traceback first); a bug is re-raised, or with `bugs_exit` (where
+    a raise would be swallowed, as in a Hydra callback) printed with its traceback, status 1."""
+    message = one_line(exc)
+    if message is None:
+        if not bugs_exit:
+            raise exc
+        traceback.print_exception(exc)
+        raise SystemExit(1)
+    if wants_traceback():
+        traceback.print_exception(exc)
+    exit_with(message)
+
+
+def exit_with(message: str, status: int = 2) -> NoReturn:
     """Print the one line and leave with `status` (SystemExit passes through Hydra's handlers)."""
     print(f"effnet: error: {message}", file=sys.stderr)
     raise SystemExit(status)
@@ -54,7 +85,13 @@ def exit_with(message: str, status: int = 2) -> None:
 def one_line(exc: BaseException) -> str | None:
     """The one-line message for an exception the user caused, or None when it is a bug."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        GrammarParseError,
+        InterpolationResolutionError,
+        MissingMandatoryValue,
+    )
 
     for err in _chain(exc):
         if isinstance(err, UserError | RankFailed):
@@ -68,6 +105,9 @@ def one_line(exc: BaseException) -> str | None:
             return _unknown_key(err.__cause__, override)
         if isinstance(err, MissingMandatoryValue):
             return f"{err.full_key} is required: set it on the command line, e.g. {err.full_key}=..."
+        if isinstance(err, InterpolationResolutionError | GrammarParseError):  # a ${...} in a value
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            return f"{err.full_key or 'a value'}: cannot resolve its ${{...}} interpolation: {reason}"
         if isinstance(err, OverrideParseException | ConfigCompositionException):
             return " ".join(str(err).split())
     return None

@@ -13,6 +13,7 @@ for the backbone's preprocessing) and is what train.py and `dry_run=true` call.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -26,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from effnet import recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
+
+log = logging.getLogger("effnet")
 
 RECIPE_KEYS = ("lr", "epochs", "batch_size", "dropout", "aug")
 # Trainer arguments the plan decides; the rest of the `trainer:` section passes through as given.
@@ -42,6 +45,7 @@ class Device:
     bf16: bool = False
     name: str = "cpu"
     cores: int = 1
+    memory_available: int | None = None  # host RAM free for a data.cache store, in bytes
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class DataFacts:
     problems: int = 0
     class_counts: Mapping[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # (width, height, is JPEG) of a seeded sample of training images: sizes the data.cache store
+    size_sample: tuple[tuple[int, int, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ class Loading:
     threads: int  # intra-op threads of each training process
     pin_memory: bool
     balance: str
+    cache: str = "none"  # none | ram | disk (data.cache=auto resolved)
+    cache_reason: str = ""
+    cache_bytes: int = 0  # estimated size of the store, per training process
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,7 @@ class RunPlan:
             "channels_last": self.runtime.channels_last,
             "num_workers": self.loading.workers,
             "threads": self.loading.threads,
+            "cache": self.loading.cache,
             "pretrained": self.pretrained,
             "weights": self.weights,
             "preprocessing": self.preprocessing.as_dict(),
@@ -318,6 +328,20 @@ def build(
         if cfg.data.num_workers == "auto"
         else int(cfg.data.num_workers)
     )
+    threads = (
+        recipes.intra_op_threads(device.cores, devices, workers)
+        if cfg.data.threads == "auto"
+        else int(cfg.data.threads)
+    )
+    store_bytes = recipes.cache_bytes(
+        data.size_sample, data.train, recipes.decode_size(image_size, level["scale"][0])
+    )
+    cache, cache_reason = recipes.choose_cache(cfg.data.cache, store_bytes, device.memory_available, devices)
+    if cache == "ram" and device.memory_available and store_bytes * devices > device.memory_available:
+        warnings.append(
+            f"data.cache=ram: the store (~{store_bytes * devices / 1e9:.1f} GB) is more than the "
+            f"{device.memory_available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
+        )
     strategy = str(cfg.trainer.strategy)
     if cfg.model.freeze_epochs and strategy == "ddp":
         strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
@@ -344,9 +368,12 @@ def build(
         loading=Loading(
             augmentation=level,
             workers=workers,
-            threads=recipes.intra_op_threads(device.cores, devices, workers),
+            threads=threads,
             pin_memory=device.cuda,
             balance=balance,
+            cache=cache,
+            cache_reason=cache_reason,
+            cache_bytes=store_bytes,
         ),
         preprocessing=preprocessing,
         network=Network(
@@ -423,17 +450,47 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory(shm: str = "/dev/shm") -> int | None:
+    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
+    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
+    larger than it would crash the loader with SIGBUS when written)."""
+    memory = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    memory = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return memory
+    free = st.f_bavail * st.f_frsize
+    return free if memory is None else min(memory, free)
+
+
 def probe_device(trainer_cfg: DictConfig) -> Device:
     """Look at the accelerator once. trainer.accelerator=cpu answers without importing torch."""
     accelerator = str(trainer_cfg.accelerator)
-    cores = usable_cores()
+    cores, memory = usable_cores(), available_memory()
     if accelerator == "cpu":
-        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+        return Device(
+            cuda=False,
+            per_node=count_devices(trainer_cfg.devices, False),
+            cores=cores,
+            memory_available=memory,
+        )
     import torch
 
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if not cuda:
-        return Device(cuda=False, per_node=count_devices(trainer_cfg.devices, False), cores=cores)
+        return Device(
+            cuda=False,
+            per_node=count_devices(trainer_cfg.devices, False),
+            cores=cores,
+            memory_available=memory,
+        )
     props = torch.cuda.get_device_properties(0)
     return Device(
         cuda=True,
@@ -442,13 +499,15 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
         bf16=bool(torch.cuda.is_bf16_supported()),
         name=str(props.name),
         cores=cores,
+        memory_available=memory,
     )
 
 
 def load_data(cfg: DictConfig, run_dir: Path | None):
-    """Scan the folder (cached), then take the run folder's split if it has one (a resumed run),
-    else draw a fresh one from the usable files. Returns (split, scan report); writes nothing
-    but the scan cache and, for data=demo, the demo images."""
+    """Scan the folder (cached), then take the split of `run_dir` (the run being resumed; None for
+    a fresh run, which never adopts a split it finds) or draw a fresh one from the usable files.
+    Returns (split, scan report); writes nothing but the scan cache and, for data=demo, the demo
+    images."""
     from effnet.data import folders, scan
 
     if cfg.data.generate_demo:
@@ -465,13 +524,33 @@ def load_data(cfg: DictConfig, run_dir: Path | None):
     if split is None:
         split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
     else:
-        split = folders.without(split, report.bad_files)
+        split = folders.without(split, report.bad_files | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
     return split, report
 
 
-def data_facts(split, report) -> DataFacts:
+def gone_from_split(split, root: str) -> set[str]:
+    """Files of a resumed run's split that are no longer there: left out with one warning, or one
+    line when none of its training images is left."""
+    samples = split.train + split.val + split.test
+    gone = {p for p, _ in samples if not os.path.exists(p)}
+    if split.train and all(p in gone for p, _ in split.train):
+        raise UserError(
+            f"data.root={root}: none of the resumed run's {len(split.train)} training images is there any "
+            f"more (e.g. {next(iter(sorted(gone)))}); pass the folder the run was trained on"
+        )
+    if gone:
+        log.warning(
+            "%d image(s) of the run's split are gone from %s (e.g. %s): left out",
+            len(gone),
+            root,
+            sorted(gone)[0],
+        )
+    return gone
+
+
+def data_facts(split, report, size_sample: tuple = ()) -> DataFacts:
     return DataFacts(
         root=split.root,
         classes=tuple(split.classes),
@@ -483,7 +562,24 @@ def data_facts(split, report) -> DataFacts:
         problems=len(report.problems),
         class_counts=dict(report.class_counts),
         warnings=tuple(report.warnings),
+        size_sample=size_sample,
     )
+
+
+def check_trainer_keys(trainer_cfg: DictConfig) -> None:
+    """The `trainer:` keys go to lightning.Trainer as they are; one it does not take (added with
+    +trainer.x=...) is one line here, before the data scan, not a TypeError after it."""
+    import difflib
+    import inspect
+
+    from lightning import Trainer
+
+    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in trainer_cfg:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
+            raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
 
 
 def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
@@ -503,15 +599,21 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
     from effnet.preprocessing import pretrained_config
     from effnet.preprocessing import resolve as resolve_preprocessing
 
+    check_trainer_keys(cfg.trainer)
     backbone_cfg = pretrained_config(cfg.model.backbone)  # an unknown backbone fails before the scan
-    split, report = load_data(cfg, run_dir)
+    split, report = load_data(cfg, run_dir if resume else None)
     device = probe_device(cfg.trainer)
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
     cli_overrides, preset = hydra_context(cfg)
+    sizes = ()
+    if cfg.data.cache in ("auto", "ram"):  # a few hundred headers: the store's size, for auto
+        from effnet.data.cache import size_sample
+
+        sizes = size_sample([path for path, _ in split.train], seed=int(cfg.seed))
     plan = build(
         cfg,
-        data_facts(split, report),
+        data_facts(split, report, sizes),
         device,
         resolve_preprocessing(backbone_cfg, image_size, overrides),
         resume=resume,
@@ -567,6 +669,7 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
             + (", channels_last" if plan.runtime.channels_last else ""),
         ),
         ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
+        ("data cache", f"{plan.loading.cache} ({plan.loading.cache_reason})"),
         ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),
         ("weights", plan.weights),
         (

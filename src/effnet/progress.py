@@ -1,7 +1,8 @@
 """Progress for long loops outside Lightning (evaluation, calibration, prediction).
 
 A rich bar on a terminal; in a log file or pipe, a plain line every `every_s` seconds and one at
-the end, so a CI log shows that something is moving without thousands of redraws.
+the end (only after a loop long enough to have printed one), so a CI log shows that something
+is moving without thousands of redraws.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def track(items: Iterable[T], total: int, description: str, every_s: float = 30.
         yield from rich_track(items, description=description, total=total, console=Console(stderr=True))
         return
     last = started = time.monotonic()
-    done = 0
+    done, shown = 0, False
     for done, item in enumerate(items, 1):
         yield item
         if time.monotonic() - last >= every_s:
-            last = time.monotonic()
+            last, shown = time.monotonic(), True
             print(f"{description} {done}/{total}", file=sys.stderr, flush=True)
-    print(f"{description} {done}/{total} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    if shown:  # a loop shorter than every_s stays silent, so an error after it is still one line
+        print(
+            f"{description} {done}/{total} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True
+        )

@@ -7,7 +7,7 @@ live here, in plain functions with unit tests. Nothing in this module imports to
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # The data-size recipes are EfficientNet-B0 recipes: B0's paper dropout is their reference point.
@@ -154,3 +154,62 @@ def intra_op_threads(cores: int, devices_per_node: int, workers: int) -> int:
     forward took 0.07 s with 1 thread and 3.2 s with 2), so the workers get their cores first.
     """
     return max(1, cores // max(1, devices_per_node) - workers)
+
+
+CACHE_MODES = ("none", "ram", "disk", "auto")
+# `auto` keeps the store in RAM only when it takes at most this share of the memory available
+# now: the model, the loader workers and the page cache need the rest.
+CACHE_RAM_SHARE = 0.5
+
+
+def decode_size(image_size: int, min_scale: float) -> int:
+    """The short side a training image needs so that even the smallest random-resized crop
+    (`min_scale` of the area) is not upsampled: image_size / sqrt(min_scale)."""
+    return math.ceil(image_size / math.sqrt(min_scale))
+
+
+def stored_side(short: int, side: int, jpeg: bool = True) -> int:
+    """About how long the short side of an image is once decoded for training
+    (effnet.data.cache.base_image): a JPEG decodes at 1/2, 1/4 or 1/8 scale while that stays
+    >= `side`, then any image still twice `side` or more is reduced by an integer factor."""
+    if jpeg:
+        scale = next(s for s in (8, 4, 2, 1) if s <= max(1, short // side))
+        short = math.ceil(short / scale)
+    return math.ceil(short / (short // side)) if short >= 2 * side else short
+
+
+def cache_bytes(sizes: Sequence[tuple[int, int, bool]], count: int, side: int) -> int:
+    """Estimated bytes of the uint8 store for `count` images, from a sample of their
+    (width, height, is JPEG)."""
+    if not sizes or not count:
+        return 0
+    total = 0
+    for w, h, jpeg in sizes:
+        short, long = min(w, h), max(w, h)
+        s = stored_side(short, side, jpeg)
+        total += 3 * s * math.ceil(long * s / short)
+    return round(total / len(sizes) * count)
+
+
+def choose_cache(
+    requested: str, store_bytes: int, available_bytes: int | None, processes: int
+) -> tuple[str, str]:
+    """(cache mode, why). Each training process on the node keeps its own RAM store, so `auto`
+    picks RAM only when all of them fit in CACHE_RAM_SHARE of the memory available now."""
+    need = store_bytes * max(1, processes)
+    size = f"~{_gb(need)}" + (f" for {processes} processes" if processes > 1 else "")
+    if requested != "auto":
+        return requested, f"data.cache={requested}" + (f", {size}" if requested != "none" else "")
+    if available_bytes is None:
+        return "none", "auto: free memory unknown; data.cache=ram or disk to decode each image once"
+    free = _gb(available_bytes)
+    if need <= CACHE_RAM_SHARE * available_bytes:
+        return "ram", f"auto: the store ({size}) fits in RAM ({free} available)"
+    return "none", (
+        f"auto: the store ({size}) would take more than {CACHE_RAM_SHARE:.0%} of the {free} available; "
+        "data.cache=disk keeps it in outputs/cache/"
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,74 @@ def test_empty_or_single_class_folders_are_errors(tmp_path):
         folders.discover(tmp_path / "one")
     with pytest.raises(UserError, match="folder not found"):
         folders.discover(tmp_path / "missing")
+
+
+# Symlinks: each real file counts once and carries one label.
+
+
+def _reals(samples) -> list[str]:
+    return [os.path.realpath(p) for p, _ in samples]
+
+
+def test_a_link_loop_inside_a_class_is_followed_once(flat_folder):
+    (flat_folder / "ant" / "again").symlink_to(flat_folder / "ant")  # ant/again/again/... forever
+    split = folders.discover(flat_folder, 0.25, 0)
+    everything = split.train + split.val
+    assert folders.class_counts(everything, split.classes) == {"ant": 8, "bee": 8, "wasp": 8}
+    assert len(set(_reals(everything))) == len(everything) == 24
+    skipped = folders.walk(flat_folder).skipped
+    assert [
+        (Path(s["file"]).relative_to(flat_folder).as_posix(), "followed once" in s["reason"]) for s in skipped
+    ] == [("ant/again", True)]
+
+
+def test_a_class_folder_linking_to_another_class_is_left_out(flat_folder):
+    (flat_folder / "zebra").symlink_to(flat_folder / "bee")  # sorts after bee: a real class first
+    (flat_folder / "aardvark").symlink_to(flat_folder / "wasp")  # sorts before wasp
+    split = folders.discover(flat_folder, 0.25, 0)
+    assert split.classes == ["ant", "bee", "wasp"], "links are not classes; the real folders keep theirs"
+    reals = _reals(split.train + split.val)
+    assert len(reals) == len(set(reals)) == 24, "no image carries two labels"
+    assert not set(_reals(split.train)) & set(_reals(split.val)), "nothing leaks from train into val"
+    reasons = {Path(s["file"]).name: s["reason"] for s in folders.walk(flat_folder).skipped}
+    assert set(reasons) == {"zebra", "aardvark"}
+    assert "left out" in reasons["zebra"] and "bee" in reasons["zebra"]
+
+
+def test_a_file_linked_from_another_class_keeps_its_own_label(flat_folder, tmp_path):
+    (flat_folder / "bee" / "stray.png").symlink_to(flat_folder / "ant" / "000.png")
+    outside = make_images(tmp_path / "outside", {"x": 1})
+    (flat_folder / "ant" / "shared.png").symlink_to(outside / "x" / "000.png")
+    (flat_folder / "wasp" / "shared.png").symlink_to(outside / "x" / "000.png")
+    split = folders.discover(flat_folder, 0.25, 0)
+    label = {os.path.realpath(p): split.classes[y] for p, y in split.train + split.val}
+    assert len(label) == len(split.train + split.val) == 25
+    assert label[str(flat_folder / "ant" / "000.png")] == "ant"
+    assert label[os.path.realpath(outside / "x" / "000.png")] == "ant", (
+        "an outside file goes to the first class"
+    )
+    skipped = {Path(s["file"]).relative_to(flat_folder).as_posix() for s in folders.walk(flat_folder).skipped}
+    assert skipped == {"bee/stray.png", "wasp/shared.png"}
+
+
+def test_val_images_linked_from_train_do_not_leak(split_folder):
+    (split_folder / "val" / "ant" / "copy.png").symlink_to(split_folder / "train" / "ant" / "000.png")
+    (split_folder / "val" / "bee" / "more").symlink_to(split_folder / "train" / "bee")
+    split = folders.discover(split_folder)
+    assert not set(_reals(split.train)) & set(_reals(split.val))
+    assert (len(split.train), len(split.val)) == (16, 6)
+
+
+def test_a_data_set_made_of_links_to_elsewhere_is_used_whole(tmp_path):
+    store = make_images(tmp_path / "store", {"a": 4, "b": 4})
+    root = tmp_path / "root"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for image in (store / name).iterdir():
+            (root / name / image.name).symlink_to(image)
+    (root / "b_again").symlink_to(store / "b")  # a link to the real folder behind b's links is not b
+    split = folders.discover(root, 0.25, 0)
+    assert split.classes == ["a", "b"]
+    assert len(set(_reals(split.train + split.val))) == len(split.train + split.val) == 8
+    skipped = folders.walk(root).skipped
+    assert {Path(s["file"]).parent.name for s in skipped} == {"b_again"} and len(skipped) == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,24 @@ def test_on_bad_image_error_stops_before_training(messy, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"data.on_bad_image=error: 6 unusable file\(s\)"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_report_lists_symlinks_left_out_and_counts_each_image_once(tmp_path, caplog):
+    root = make_images(tmp_path / "linked", {"ant": 10, "bee": 4})
+    (root / "ant" / "loop").symlink_to(root / "ant")
+    (root / "wasp").symlink_to(root / "ant")  # a class folder linking to another class
+    report = scan.scan_folder(str(root), MAX_PIXELS)
+    assert (report.files, report.usable) == (14, 14), "every real image once"
+    assert {os.path.relpath(s["file"], root): s["reason"].split(":")[0] for s in report.skipped} == {
+        "ant/loop": f"link to {root / 'ant'}, already scanned",
+        "wasp": f"class folder shares its images with {root / 'ant'} through a symlink",
+    }
+    split = folders.discover(root, 0.2, 0)
+    scan.describe_balance(report, folders.class_counts(split.train, split.classes), "none", 0)
+    assert report.imbalance_ratio == 2.67 and split.classes == ["ant", "bee"]
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        scan.log_report(report, "skip")
+    assert "2 symlinked file(s) or folder(s) left out" in caplog.text
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -139,3 +139,15 @@ def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_
     with torch.no_grad():
         expected = module.eval_model()(torch.ones(1, 3, 32, 32)).numpy()
     assert np.allclose(deployed(images.numpy()), expected, atol=1e-4)
+
+
+def test_a_nan_difference_fails_verification():
+    """nan > atol is False: an exported file giving nan must still fail, not pass as 'within atol'."""
+    reference = np.array([[1.0, 2.0], [3.0, 0.0]], dtype=np.float32)
+    assert export.verified(export.compare(reference, reference + 1e-6), atol=1e-4)
+    broken = reference.copy()
+    broken[1, 0] = np.nan  # argmax still agrees: nan sorts first
+    agreement = export.compare(reference, broken)
+    assert agreement["top1_agreement"] == 1.0
+    assert agreement["max_abs_logit_diff"] == float("inf")
+    assert not export.verified(agreement, atol=1e-4)

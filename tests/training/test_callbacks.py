@@ -1,6 +1,11 @@
+import time
 from types import SimpleNamespace
 
-from effnet.training.callbacks import FreezeBackbone
+import lightning as L
+import pytest
+import torch
+
+from effnet.training.callbacks import FreezeBackbone, Throughput
 from effnet.training.module import ClassifierModule
 from tests.helpers import module_sections
 
@@ -15,3 +20,47 @@ def test_backbone_trains_again_after_the_frozen_epochs():
     freeze.on_train_epoch_start(SimpleNamespace(current_epoch=1), module)
     assert backbone.training, "batch norm statistics and drop-path must work again after unfreezing"
     assert all(p.requires_grad for p in backbone.parameters())
+
+
+class _Sleepy(torch.utils.data.Dataset):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        time.sleep(self.seconds)
+        return torch.zeros(2), 0
+
+
+class _Model(L.LightningModule):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.layer, self.seconds = torch.nn.Linear(2, 2), seconds
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.seconds)
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("load_s,step_s,slow", [(0.05, 0.0, "loader"), (0.0, 0.05, "step")])
+def test_data_wait_is_the_share_of_step_time_spent_waiting_for_the_loader(load_s, step_s, slow):
+    throughput = Throughput()
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[throughput],
+    )
+    loader = torch.utils.data.DataLoader(_Sleepy(load_s), batch_size=2)
+    trainer.fit(_Model(step_s), train_dataloaders=loader)
+    wait = throughput.typical_wait
+    assert (wait > 0.8) if slow == "loader" else (wait < 0.2), wait
+    assert len(throughput.per_epoch) == 2 and throughput.typical > 0

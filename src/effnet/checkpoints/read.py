@@ -52,12 +52,14 @@ def sections(hparams: Mapping) -> dict:
     return out
 
 
-def read(path: Path, key: str = "ckpt") -> dict:
-    """The checkpoint's dict, loaded with weights_only=True; one line for anything else."""
+def read(path: Path, key: str = "ckpt", mmap: bool = False) -> dict:
+    """The checkpoint's dict, loaded with weights_only=True; one line for anything else.
+    `mmap` maps the tensors instead of reading them (a look at the metadata costs no full read)."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a class or function it would have to import and call
+        text = str(exc).lower()
+        if "unsupported global" in text:  # a class or function it would have to import and call
             raise UserError(
                 f"{key}={path}: refusing to load, it needs arbitrary unpickling (weights_only=True); "
                 "use a checkpoint written by effnet's train.py"
@@ -90,8 +92,17 @@ def load_module(path: Path, key: str = "ckpt"):
     from effnet.training.module import ClassifierModule
 
     raw = read(path, key)
+    state = raw["state_dict"]
+    broken = [
+        k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if broken:
+        raise UserError(
+            f"{key}={path}: {len(broken)} of its weight tensors hold nan or inf (e.g. {broken[0]}): the run "
+            "diverged before it was written; use an earlier checkpoint, or train again with a lower lr"
+        )
     args = sections(raw["hyper_parameters"])
     args.pop("runtime", None)
     module = ClassifierModule(**args)
-    module.load_state_dict(raw["state_dict"])
+    module.load_state_dict(state)
     return module.eval()

@@ -26,7 +26,11 @@ STATE_KEY = "effnet_resume"
 
 def resume_epoch(checkpoint: Path) -> int:
     """The epoch a resumed run starts (0-based): the one after the last completed epoch."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # no full read
+    return epoch_to_resume(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True))
+
+
+def epoch_to_resume(state: dict) -> int:
+    """resume_epoch of a checkpoint already loaded (mmap: no full read)."""
     if STATE_KEY in state:
         return int(state[STATE_KEY]["next_epoch"])
     return int(state.get("epoch", -1)) + 1  # a checkpoint from before effnet recorded it

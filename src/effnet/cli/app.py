@@ -19,9 +19,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, runs, sweeps
+from effnet import cluster, runfolder, runs, sweeps
+from effnet.checkpoints.find import locate
+from effnet.cli import argv
 from effnet.cli.validate import validate, validate_command, validate_launcher
-from effnet.errors import RankFailed, UserError, exit_with, one_line
+from effnet.errors import RankFailed, UserError, exit_for, exit_with, keep_full_error_choice, one_line
 
 log = logging.getLogger("effnet")
 
@@ -42,6 +44,12 @@ class ValidateBeforeRun(Callback):
         self._validate_or_exit(config)
         if self.command == "train" and config.get("dry_run"):
             dry_run(config)
+        try:
+            if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
+                cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
+            claim_run_folder(self.command, config)
+        except Exception as exc:
+            exit_for(exc, bugs_exit=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._validate_or_exit(config)
@@ -61,10 +69,26 @@ class ValidateBeforeRun(Callback):
             else:
                 validate_command(self.command, config)
         except Exception as exc:
-            message = one_line(exc)
-            if message is None:
-                raise
-            exit_with(message)
+            exit_for(exc, bugs_exit=True)
+
+
+def claim_run_folder(command: str, config: DictConfig) -> None:
+    """Make the run folder before Hydra writes into it: train.py's is claimed for this run alone
+    (effnet.runfolder), and a resume of a run that has finished ends here, changing nothing."""
+    run_dir = Path(config.hydra.run.dir).absolute()
+    if command != "train":
+        runfolder.make(run_dir)
+        return
+    if runs.global_rank() != 0:
+        return
+    moved = runfolder.check(config, run_dir)
+    if config.ckpt_path is not None:  # read the checkpoint now: a bad one must find nothing written
+        checkpoint = locate(str(config.ckpt_path), "resume", "ckpt_path")
+        done = runfolder.finished(config, run_dir, runfolder.check_checkpoint(config, run_dir, checkpoint))
+        if done:
+            print(f"effnet: {done}", file=sys.stderr, flush=True)
+            raise SystemExit(0)
+    runfolder.take(config, run_dir, moved)
 
 
 def dry_run(config: DictConfig) -> NoReturn:
@@ -75,10 +99,7 @@ def dry_run(config: DictConfig) -> NoReturn:
 
         plan, _, _ = resolve(config)
     except Exception as exc:
-        message = one_line(exc)
-        if message is None:
-            raise
-        exit_with(message)
+        exit_for(exc, bugs_exit=True)
     print_plan(plan)
     raise SystemExit(0)
 
@@ -120,35 +141,34 @@ def train_task(cfg: DictConfig) -> float | None:
     """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
         from effnet.training.run import run  # the heavy imports start here
 
-        best = run(cfg, Path(hydra_cfg.runtime.output_dir))["best_val_acc"]
+        best = run(cfg, run_dir)["best_val_acc"]
         if best is None and multirun:
             raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
     except Exception as exc:
         if multirun:
             job_failed(cfg, hydra_cfg, exc)
         if isinstance(exc, UserError):
-            exit_with(str(exc))  # one line, not Hydra's "Error executing job" preamble
+            runfolder.discard(run_dir)  # a fresh run that stopped before its first checkpoint leaves none
         if isinstance(exc, RankFailed):
             exit_with(str(exc), status=1)  # another rank's error: not a user mistake
-        raise
+        exit_for(exc)  # one line, not Hydra's "Error executing job" preamble
     return best
 
 
 def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
-    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    keep_full_error_choice()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:
+        sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name)  # `~` in paths, unknown flags
         app()
     except Exception as exc:
-        message = None if show_traceback else one_line(exc)
-        if message is None:
-            raise
-        exit_with(message)
+        exit_for(exc)

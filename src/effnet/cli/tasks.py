@@ -12,8 +12,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from effnet import runfolder
 from effnet.cli.validate import validate_command
-from effnet.errors import exit_with, one_line
+from effnet.errors import UserError, exit_for
 
 
 def _run(command: str, cfg: DictConfig, work) -> dict:
@@ -21,10 +22,9 @@ def _run(command: str, cfg: DictConfig, work) -> dict:
         validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
         return work()
     except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
-        message = one_line(exc)
-        if message is None:
-            raise
-        exit_with(message)
+        if isinstance(exc, UserError):
+            runfolder.discard(Path(HydraConfig.get().runtime.output_dir))  # eval's folder, if new
+        exit_for(exc)
 
 
 def eval_task(cfg: DictConfig) -> float:

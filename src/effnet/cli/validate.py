@@ -9,6 +9,8 @@ Imports no torch: the Hydra callback runs this before the run folder exists.
 from __future__ import annotations
 
 import numbers
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from effnet import cluster
 from effnet.checkpoints.find import locate
 from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
+from effnet.deploy.paths import PREPROCESSING_FILE, expand_inputs, model_file
 from effnet.errors import UserError
-from effnet.recipes import AUG_LEVELS
+from effnet.recipes import AUG_LEVELS, CACHE_MODES
 
 PRECISIONS = (
     "32-true",
@@ -99,6 +102,8 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     VAL_FRACTION,
     ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", *WORKERS, False),
+    ("data.threads", lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1", False),
+    ("data.cache", one_of(*CACHE_MODES), "one of: " + ", ".join(CACHE_MODES), False),
     ("data.on_bad_image", one_of(*BAD_IMAGE_POLICIES), "one of: " + ", ".join(BAD_IMAGE_POLICIES), False),
     ("data.balance", one_of(*BALANCES), "one of: " + ", ".join(BALANCES), False),
     ("data.max_image_pixels", int_at_least(1), "an integer >= 1, e.g. 100000000", False),
@@ -154,6 +159,7 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("gpu.checkpointing_gain", lambda v: _is_number(v) and v >= 1, "a number >= 1", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),
+    ("divergence.patience", int_at_least(1), "an integer >= 1, or null (never stop)", True),
 ]
 
 ROW_RULES = [r for r in RULES if r[0] in ("epochs", "lr", "batch_size", "dropout", "aug")]
@@ -191,11 +197,17 @@ def _check_devices(cfg: DictConfig) -> None:
 
 
 def _check_paths(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg.data, "root"):
+    if OmegaConf.is_missing(cfg.data, "root") or cfg.data.root is None:
         raise UserError(
             "data.root is required: python train.py data.root=/path/to/images (or data=demo for a synthetic demo)"
         )
     if not cfg.data.generate_demo:
+        root = Path(str(cfg.data.root)).expanduser()
+        if cfg.ckpt_path is not None and not root.exists():
+            raise UserError(
+                f"data.root={cfg.data.root}: folder not found; if the run's data folder moved, resume with "
+                "data.root=<where it is now>: the run's split follows it"
+            )
         folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
     weights = cfg.model.weights
     if weights is not None:
@@ -262,13 +274,73 @@ EXPORT_RULES = [
 def _check_export(cfg: DictConfig) -> None:
     if cfg.quantize == "int8" and cfg.format != "onnx":
         raise UserError(f"quantize=int8 needs format=onnx (got format={cfg.format})")
-    sizes = list(cfg.bench.batch_sizes)
-    if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
-        raise UserError(f"bench.batch_sizes={sizes}: must be a list of integers >= 1")
+    sizes = cfg.bench.batch_sizes
+    if not OmegaConf.is_list(sizes) or not sizes or not all(_is_int(b) and b >= 1 for b in sizes):
+        shown = list(sizes) if OmegaConf.is_list(sizes) else sizes
+        raise UserError(f"bench.batch_sizes={shown}: must be a list of integers >= 1, e.g. [1,32]")
+    locate(str(cfg.ckpt), "model", "ckpt")  # export reads a checkpoint, not a bundle
+    if cfg.out is not None:
+        out = Path(str(cfg.out)).expanduser()
+        if out.exists() and not out.is_dir():
+            raise UserError(f"out={cfg.out}: is a file; export writes a bundle folder")
+        if out.is_dir() and any(out.iterdir()) and not (out / PREPROCESSING_FILE).is_file():
+            raise UserError(
+                f"out={cfg.out}: a folder that is not an export bundle; export replaces the folder it "
+                "writes, so name a new or empty one"
+            )
+        _check_creatable("out", out, cfg.out)
 
 
-COMMAND_RULES = {"eval": EVAL_RULES, "predict": PREDICT_RULES, "export": EXPORT_RULES}
-EXTRA_CHECKS = {"export": _check_export}
+def _check_predict(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "inputs") or cfg.inputs is None:
+        raise UserError("inputs is required: an image, a folder or a quoted glob like 'photos/*.jpg'")
+    expand_inputs(str(cfg.inputs))
+    if cfg.out != "-":
+        out = Path(str(cfg.out)).expanduser()
+        if out.is_dir():
+            raise UserError(f"out={cfg.out}: is a folder; name a .csv or .json file, or - for stdout")
+        _check_creatable("out", out.parent, cfg.out)
+
+
+def _check_creatable(key: str, folder: Path, value=None) -> None:
+    """`folder` exists, or can be made below its nearest existing ancestor. Tried for real (an
+    empty folder made and removed): permission bits say nothing for root, read-only mounts or
+    /proc."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".effnet-check-", dir=existing))
+    except OSError as exc:
+        shown = folder if value is None else value
+        raise UserError(f"{key}={shown}: cannot be written ({existing}: {exc.strerror})") from exc
+
+
+BENCH_RULES = [
+    ("bench.images", int_at_least(1), "an integer >= 1, e.g. bench.images=1024", False),
+    ("bench.val_images", int_at_least(1), "an integer >= 1", False),
+    ("bench.epochs", int_at_least(1), "an integer >= 1 (the first epoch is cold, the rest cached)", False),
+    ("bench.ceiling_steps", int_at_least(1), "an integer >= 1", False),
+    ("bench.warmup_steps", int_at_least(0), "an integer >= 0", False),
+]
+BENCH_COMPARE = ("timm", "plain")
+
+
+def _check_bench(cfg: DictConfig) -> None:
+    """bench.py takes every train.py key, checked by train.py's rules, plus its own."""
+    validate(cfg)
+    compare = cfg.bench.compare
+    names = [] if compare is None else [compare] if isinstance(compare, str) else list(compare)
+    if any(n not in BENCH_COMPARE for n in names):
+        raise UserError(
+            f"bench.compare={compare}: must be null, timm, plain or a list of them, e.g. bench.compare=[timm,plain]"
+        )
+    if not (OmegaConf.is_list(cfg.bench.threads) and all(_is_int(t) and t >= 1 for t in cfg.bench.threads)):
+        raise UserError(f"bench.threads={cfg.bench.threads}: must be a list of integers >= 1, e.g. [1,2]")
+
+
+COMMAND_RULES = {"eval": EVAL_RULES, "predict": PREDICT_RULES, "export": EXPORT_RULES, "bench": BENCH_RULES}
+EXTRA_CHECKS = {"export": _check_export, "predict": _check_predict, "bench": _check_bench}
 
 
 def _validate_rules(cfg: DictConfig, rules) -> None:
@@ -280,6 +352,12 @@ def _validate_rules(cfg: DictConfig, rules) -> None:
         raise UserError(
             f"ckpt={cfg.ckpt}: not found; pass a .ckpt file, a training run folder or an export bundle"
         )
+    if "ckpt" not in cfg:  # bench.py: train.py's rules, checked by _check_bench
+        return
+    model_file(str(cfg.ckpt))  # a folder without a model, a file that is no checkpoint
+    root = OmegaConf.select(cfg, "data.root")
+    if root is not None:  # eval and export may score another folder
+        folders.discover(root, cfg.data.val_fraction, cfg.seed)
 
 
 def validate_command(command: str, cfg: DictConfig) -> None:

@@ -48,16 +48,6 @@ def class_folders(folder: Path) -> list[Path]:
     ]
 
 
-def files_in(class_folder: Path) -> list[str]:
-    """Every visible file below a class folder (recursively, following links), sorted."""
-    return sorted(
-        os.path.join(dirpath, f)
-        for dirpath, dirs, files in os.walk(class_folder, followlinks=True)
-        for f in files
-        if not f.startswith(".")
-    )
-
-
 def layout_folders(root: str | os.PathLike) -> list[Path]:
     """The folders whose subfolders are classes: train/, val/ and test/ when present, else root."""
     root = Path(root).expanduser()
@@ -66,14 +56,135 @@ def layout_folders(root: str | os.PathLike) -> list[Path]:
     return [root / "train", *[p for p in (_subfolder(root, VAL_NAMES), root / "test") if p and p.is_dir()]]
 
 
-def scan_classes(folder: Path, exclude: Collection[str] = ()) -> dict[str, list[str]]:
-    """Map each class subfolder to its sorted image paths (recursively), leaving out `exclude`
-    (files the data scan found unusable); classes left empty are dropped."""
+@dataclass
+class Found:
+    """Every visible file of every class folder, each real file once, and what was left out and why.
+
+    `classes` maps each layout folder (train/, val/, test/ or the root) to {class: sorted paths};
+    `skipped` holds {"file", "reason"} rows for the data report.
+    """
+
+    classes: dict[Path, dict[str, list[str]]]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _owner(real: str, class_dirs: dict[str, Path]) -> Path | None:
+    """The class folder whose real directory holds `real`, if any."""
+    folder = real
+    while folder not in class_dirs:
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    return class_dirs[folder]
+
+
+def _overlap(real: str, kept: dict[str, Path]) -> Path | None:
+    """A kept class folder that is, holds or lies inside the real directory `real`."""
+    for other, folder in kept.items():
+        if real == other or real.startswith(other + os.sep) or other.startswith(real + os.sep):
+            return folder
+    return None
+
+
+def walk(root: str | os.PathLike) -> Found:
+    """Walk the class folders of `root` (both layouts), following symlinks, so that every real
+    file is counted once and carries one label.
+
+    Symlinks are how people assemble data sets, so they are followed, with three rules:
+    - a class folder that is a link to (into, or around) another class folder is left out:
+      its images would otherwise carry two labels (or leak between train and val);
+    - a link inside a class folder that points into another class folder is left out: the
+      image keeps the label of the folder it really lives in;
+    - a folder or file reached a second time (a loop, or two links to one place) is skipped:
+      loops are followed once.
+    A real file outside every class folder, linked from several, belongs to the first one
+    (real class folders before linked ones, then train before val before test, then by name).
+    """
+    parents = layout_folders(root)
+    candidates = [(parent, c) for parent in parents for c in class_folders(parent)]
+    real = {c: os.path.realpath(c) for _, c in candidates}
+    found = Found({parent: {} for parent in parents})
+
+    def skip(path: str, reason: str) -> None:
+        found.skipped.append({"file": path, "reason": reason})
+
+    # Real class folders first, so a link to one never displaces it.
+    linked = {c: real[c] != os.path.join(os.path.realpath(p), c.name) for p, c in candidates}
+    kept: dict[str, Path] = {}
+    for want_linked in (False, True):
+        for _, c in candidates:
+            if linked[c] != want_linked:
+                continue
+            other = _overlap(real[c], kept)
+            if other is None:
+                kept[real[c]] = c
+            else:
+                skip(
+                    f"{c}{os.sep}",
+                    f"class folder shares its images with {other} through a symlink: left out, "
+                    "so that no image carries two labels",
+                )
+
+    # Only a real class folder owns the files below it: a link elsewhere cannot take them.
+    owners = {r: c for r, c in kept.items() if not linked[c]}
+    seen_dirs: dict[str, str] = {}
+    seen_files: dict[str, str] = {}
+    for parent, c in sorted(candidates, key=lambda pc: linked[pc[1]]):  # real ones first
+        if kept.get(real[c]) != c:
+            continue
+        paths: list[str] = []
+        seen_dirs[real[c]] = str(c)
+        stack = [(str(c), real[c])]
+        while stack:
+            folder, folder_real = stack.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                skip(f"{folder}{os.sep}", f"unreadable folder: {exc.strerror}")
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") and not entry.is_dir():
+                    continue
+                link = entry.is_symlink()
+                target = os.path.realpath(entry.path) if link else os.path.join(folder_real, entry.name)
+                owner = _owner(target, owners) if link else c
+                if entry.is_dir():
+                    if target in seen_dirs:
+                        skip(
+                            f"{entry.path}{os.sep}",
+                            f"link to {seen_dirs[target]}, already scanned: followed once",
+                        )
+                    elif owner not in (None, c):
+                        skip(
+                            f"{entry.path}{os.sep}",
+                            f"link into class folder {owner}: left out, its images keep that label",
+                        )
+                    else:
+                        seen_dirs[target] = entry.path
+                        stack.append((entry.path, target))
+                elif target in seen_files:
+                    skip(entry.path, f"the same file as {seen_files[target]} (a symlink): counted once")
+                elif owner not in (None, c):
+                    skip(
+                        entry.path, f"link to {target} in class folder {owner}: left out, it keeps that label"
+                    )
+                else:
+                    seen_files[target] = entry.path
+                    paths.append(entry.path)
+        found.classes[parent][c.name] = sorted(paths)
+    found.skipped.sort(key=lambda s: s["file"])
+    return found
+
+
+def scan_classes(by_class: dict[str, list[str]], exclude: Collection[str] = ()) -> dict[str, list[str]]:
+    """{class: its images}, leaving out `exclude` (files the data scan found unusable) and
+    files that are not images by name; classes left empty are dropped."""
     classes: dict[str, list[str]] = {}
-    for class_folder in class_folders(folder):
-        images = [p for p in files_in(class_folder) if is_image(p) and p not in exclude]
+    for name, files in by_class.items():
+        images = [p for p in files if is_image(p) and p not in exclude]
         if images:
-            classes[class_folder.name] = images
+            classes[name] = images
     return classes
 
 
@@ -105,15 +216,19 @@ def discover(
     root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42, exclude: Collection[str] = ()
 ) -> Split:
     """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split.
-    Files in `exclude` are left out before the split is drawn."""
-    root = Path(root).expanduser()
+    Files in `exclude` are left out before the split is drawn; symlinks count each real file
+    once (see `walk`)."""
+    root = Path(os.path.abspath(Path(root).expanduser()))  # split.json must not depend on the cwd
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data.root={root}: is a file; point data.root at a folder of class subfolders")
     if not root.is_dir():
         raise UserError(
             f"data.root={root}: folder not found; point data.root at a folder of class subfolders"
         )
+    found = walk(root)
     train_dir, val_dir = root / "train", _subfolder(root, VAL_NAMES)
     held_out = not train_dir.is_dir()
-    train_by_class = scan_classes(root if held_out else train_dir, exclude)
+    train_by_class = scan_classes(found.classes[root if held_out else train_dir], exclude)
     if not train_by_class:
         where = root if held_out else train_dir
         raise UserError(
@@ -130,7 +245,7 @@ def discover(
         train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
         held_out = True
     else:
-        val_by_class = scan_classes(val_dir, exclude)
+        val_by_class = scan_classes(found.classes[val_dir], exclude)
         unknown = sorted(set(val_by_class) - set(classes))
         if unknown:
             raise UserError(
@@ -138,11 +253,9 @@ def discover(
                 "add them to train/ or remove them from the validation folder"
             )
     test_dir = root / "test"
-    test_by_class = (
-        {c: p for c, p in scan_classes(test_dir, exclude).items() if c in classes}
-        if test_dir.is_dir()
-        else {}
-    )
+    test_by_class = {
+        c: p for c, p in scan_classes(found.classes.get(test_dir, {}), exclude).items() if c in classes
+    }
     return Split(
         root=str(root),
         classes=classes,

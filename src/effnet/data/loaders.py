@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -22,6 +23,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from effnet.data.folders import Sample, Split
 from effnet.preprocessing import Preprocessing
+from effnet.recipes import decode_size
+
+if TYPE_CHECKING:
+    from effnet.data.cache import Store
 
 log = logging.getLogger("effnet")
 
@@ -36,6 +41,16 @@ def load_rgb(path: str, min_size: int) -> Image.Image:
         img.draft("RGB", (min_size, min_size))
         img = ImageOps.exif_transpose(img)
         return to_8bit(img).convert("RGB")
+
+
+def base_image(path: str, side: int) -> Image.Image:
+    """A training image as every epoch starts from it, cached or not (effnet.data.cache):
+    `load_rgb` (a JPEG decodes at the smallest DCT scale that keeps `side` on the short side),
+    then an image still at least twice `side` (a large PNG, a giant JPEG) reduced by an integer
+    factor, as a JPEG draft would. `side` is the short side the smallest random crop needs."""
+    image = load_rgb(path, side)
+    short = min(image.size)
+    return image.reduce(short // side) if short >= 2 * side else image
 
 
 def to_8bit(img: Image.Image) -> Image.Image:
@@ -129,13 +144,24 @@ class ImageList(Dataset):
 
     Takes an index, or an (index, seed) pair from EpochSampler to augment reproducibly. A file
     that cannot be decoded (it changed after the scan) is logged and replaced by the next good
-    sample, so one bad file never ends an epoch.
+    sample, so one bad file never ends an epoch. `decode(path, min_decode_size)` gives the image
+    the transform starts from; with a `store` (effnet.data.cache) it is decoded once and read
+    back from the store afterwards.
     """
 
-    def __init__(self, samples: list[Sample], transform, min_decode_size: int) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform,
+        min_decode_size: int,
+        decode: Callable[[str, int], Image.Image] = load_rgb,
+        store: Store | None = None,
+    ) -> None:
         self.samples = samples
         self.transform = transform
         self.min_decode_size = min_decode_size
+        self.decode = decode
+        self.store = store
         self.failed: set[str] = set()
 
     def __len__(self) -> int:
@@ -148,11 +174,12 @@ class ImageList(Dataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
+            slot = (index + offset) % len(self.samples)
+            path, label = self.samples[slot]
             if path in self.failed:
                 continue
             try:
-                image = load_rgb(path, self.min_decode_size)
+                image = self._image(slot, path)
             except DECODE_ERRORS as exc:
                 self.failed.add(path)
                 log.warning(
@@ -166,6 +193,16 @@ class ImageList(Dataset):
                 continue
             return self._augment(image), label
         raise RuntimeError("no image in this set can be decoded any more; rerun to scan the folder again")
+
+    def _image(self, slot: int, path: str) -> Image.Image:
+        if self.store is not None:
+            pixels = self.store.get(slot)
+            if pixels is not None:
+                return Image.fromarray(pixels)  # a copy: transforms never touch the store
+        image = self.decode(path, self.min_decode_size)
+        if self.store is not None:
+            self.store.put(slot, np.asarray(image))
+        return image
 
     def _augment(self, image: Image.Image, attempts: int = 3) -> torch.Tensor:
         """timm's RandAugment posterize asks for 0 bits at full magnitude, which Pillow >= 13
@@ -200,7 +237,11 @@ def eval_transform(image_size: int, crop_pct: float, interpolation: str):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """The run's three image sets and their loaders, as the plan's preprocessing and augmentation say."""
+    """The run's three image sets and their loaders, as the plan's preprocessing and augmentation say.
+
+    cache: data.cache as the plan resolved it (none, ram or disk; effnet.data.cache). The store
+    holds the training images; validation decodes each epoch as before (no augmentation to save).
+    """
 
     def __init__(
         self,
@@ -212,20 +253,41 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         sample_weights: Sequence[float] | None = None,
+        cache: str = "none",
+        cache_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.split = split
         self.micro_batch = micro_batch
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.cache, self.cache_dir = cache, cache_dir
         size, interpolation = preprocessing.image_size, preprocessing.interpolation
-        # A random crop keeping `scale[0]` of the area needs 1/sqrt(scale[0]) times the output size.
-        train_decode = math.ceil(size / math.sqrt(level["scale"][0]))
-        self.train_set = ImageList(split.train, train_transform(size, level, interpolation), train_decode)
+        self.train_set = ImageList(
+            split.train,
+            train_transform(size, level, interpolation),
+            decode_size(size, level["scale"][0]),
+            decode=base_image,
+        )
         eval_tf = preprocessing.transform()
         self.val_set = ImageList(split.val, eval_tf, preprocessing.resize)
         self.test_set = ImageList(split.test, eval_tf, preprocessing.resize)
         self.train_sampler = EpochSampler(len(self.train_set), seed, sample_weights)
+
+    def attach_store(self) -> Store | None:
+        """Create the training store once (before any worker forks, so all of them share it)."""
+        if self.cache == "none" or self.train_set.store is not None:
+            return self.train_set.store
+        from effnet.data import cache
+
+        paths = [path for path, _ in self.split.train]
+        side, threads = self.train_set.min_decode_size, max(1, self.num_workers)
+        if self.cache == "ram":
+            self.train_set.store = cache.ram_store(paths, side, threads)
+        else:
+            directory = self.cache_dir or cache.CACHE_DIR
+            self.train_set.store, _ = cache.disk_store(paths, side, self.split.root, directory, threads)
+        return self.train_set.store
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
@@ -241,6 +303,7 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self.attach_store()
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -54,6 +54,7 @@ class DataReport:
     cached: int = 0
     seconds: float = 0.0
     problems: list[dict] = field(default_factory=list)  # {"file", "reason"}
+    skipped: list[dict] = field(default_factory=list)  # {"file", "reason"}: symlinks that would count twice
     converted_to_rgb: dict[str, int] = field(default_factory=dict)  # original mode -> count
     exif_rotated: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
@@ -144,9 +145,11 @@ def scan_folder(
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     report = DataReport(root=str(root))
     images, class_images = [], {}
-    for parent in folders.layout_folders(root):
-        for class_folder in folders.class_folders(parent):
-            files = folders.files_in(class_folder)
+    found = folders.walk(root)
+    report.skipped = found.skipped
+    for parent, by_class in found.classes.items():
+        for name, files in by_class.items():
+            class_folder = parent / name
             for path in files:
                 if folders.is_image(path):
                     images.append(path)
@@ -231,21 +234,29 @@ def log_report(report: DataReport, policy: str) -> None:
         len(report.problems),
         "; " + "; ".join(extras) if extras else "",
     )
+    action = "skipped" if policy == "skip" else "found"
     if report.problems:
-        root = Path(report.root).expanduser()
-        rows = [(_relative(p["file"], root), p["reason"]) for p in report.problems]
-        width = min(max(len(r[0]) for r in rows), 60)
-        action = "skipped" if policy == "skip" else "found"
-        lines = [
-            f"{len(rows)} problem(s) {action} (data.on_bad_image={policy}):",
-            f"  {'file':<{width}}  reason",
-        ]
-        lines += [f"  {f:<{width}}  {reason}" for f, reason in rows[:SHOWN_ROWS]]
-        if len(rows) > SHOWN_ROWS:
-            lines.append(f"  ... and {len(rows) - SHOWN_ROWS} more: see {REPORT_FILE} in the run folder")
-        log.warning("\n".join(lines))
+        log.warning(
+            _table(f"{len(report.problems)} problem(s) {action} (data.on_bad_image={policy}):", report)
+        )
+    if report.skipped:
+        log.warning(
+            _table(f"{len(report.skipped)} symlinked file(s) or folder(s) left out:", report, "skipped")
+        )
     for warning in report.warnings:
         log.warning(warning)
+
+
+def _table(title: str, report: DataReport, rows_from: str = "problems") -> str:
+    """`title`, then a file / reason row each (at most SHOWN_ROWS), paths relative to the root."""
+    root = Path(report.root).expanduser()
+    rows = [(_relative(p["file"], root), p["reason"]) for p in getattr(report, rows_from)]
+    width = min(max(len(r[0]) for r in rows), 60)
+    lines = [title, f"  {'file':<{width}}  reason"]
+    lines += [f"  {f:<{width}}  {reason}" for f, reason in rows[:SHOWN_ROWS]]
+    if len(rows) > SHOWN_ROWS:
+        lines.append(f"  ... and {len(rows) - SHOWN_ROWS} more: see {REPORT_FILE} in the run folder")
+    return "\n".join(lines)
 
 
 def _relative(path: str, root: Path) -> str:

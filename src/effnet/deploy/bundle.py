@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from effnet.deploy.paths import PREPROCESSING_FILE
 from effnet.errors import UserError
 from effnet.files import write_json
 from effnet.preprocessing import Preprocessing
 
-PREPROCESSING_FILE = "preprocessing.json"
 LABELS_FILE = "labels.json"
 
 

@@ -141,12 +141,20 @@ def quantize_int8(fp32: Path, out: Path, calibration: Sequence[str], prep, batch
 
 
 def compare(reference: np.ndarray, other: np.ndarray) -> dict:
-    """How far an exported model's logits are from PyTorch's on the same images."""
+    """How far an exported model's logits are from PyTorch's on the same images (a nan difference
+    is as far as it gets: inf)."""
+    diff = np.abs(reference - other)
     return {
         "images": int(len(reference)),
-        "max_abs_logit_diff": float(np.abs(reference - other).max()),
+        "max_abs_logit_diff": float(diff.max()) if np.isfinite(diff).all() else float("inf"),
         "top1_agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
     }
+
+
+def verified(agreement: dict, atol: float) -> bool:
+    """An fp32 export passes: every logit within atol of PyTorch's, and the same top-1 everywhere.
+    Written so that nan fails: every comparison with nan is False."""
+    return agreement["max_abs_logit_diff"] <= atol and agreement["top1_agreement"] >= 1
 
 
 def latency(predictor: Predictor, prep, batch_sizes: Sequence[int], repeats: int) -> dict[int, dict]:
@@ -328,10 +336,15 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     run_dir = find.run_dir_of(ckpt)
     out = Path(cfg.out).expanduser() if cfg.out else run_dir / "export" / cfg.format
     train, (val, source) = export_images(cfg, ckpt, classes)
+    reference = load_predictor(str(ckpt))  # scored first: a model with nan outputs writes no bundle
+    eager = evaluate(reference, val, cfg.batch_size, cfg.num_workers)
 
     if out.exists():
         shutil.rmtree(out)  # a bundle is rewritten whole: no stale int8 next to a new fp32
-    out.mkdir(parents=True)
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:  # e.g. a read-only place the checks before the run could not tell
+        raise UserError(f"out={cfg.out or out}: cannot be written ({exc.strerror})") from exc
     log.info("exporting %s to %s (%s)", ckpt, out, cfg.format)
     exported = [EXPORTERS[cfg.format](net, prep, out, cfg, module)]
     bundle.write_meta(out, prep, classes)
@@ -340,8 +353,6 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
         log.info("int8: calibrating on %d training images", len(calibration))
         exported.append(quantize_int8(exported[0], out, calibration, prep, cfg.calibration.batch_size))
 
-    reference = load_predictor(str(ckpt))
-    eager = evaluate(reference, val, cfg.batch_size, cfg.num_workers)
     artefacts = {"pytorch": {"top1": eager.report["top1"], "macro_f1": eager.report["macro_f1"]}}
     predictors = {"pytorch": reference}
     for path in exported:
@@ -357,9 +368,7 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
             **agreement,
         }
         predictors[predictor.name] = predictor
-        if "int8" not in predictor.name and (
-            agreement["max_abs_logit_diff"] > cfg.verify.atol or agreement["top1_agreement"] < 1
-        ):
+        if "int8" not in predictor.name and not verified(agreement, cfg.verify.atol):
             raise UserError(
                 f"verification failed: {path} differs from PyTorch on {agreement['images']} val images "
                 f"(max abs logit diff {agreement['max_abs_logit_diff']:.2e} > verify.atol={cfg.verify.atol}, "

@@ -7,9 +7,7 @@ benchmarks use the same loaders, so the numbers they report are about the file a
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,14 +21,13 @@ from effnet import recipes
 from effnet.checkpoints import read
 from effnet.data.loaders import load_rgb
 from effnet.deploy import bundle
+from effnet.deploy.paths import expand_inputs, model_file
 from effnet.errors import UserError
 from effnet.files import csv_text, write_text
 from effnet.plan import usable_cores
 from effnet.preprocessing import Preprocessing
 from effnet.progress import track
 
-ONNX_FILES = ("model.int8.onnx", "model.onnx")  # a bundle's preferred model first
-BUNDLE_MODELS = (*ONNX_FILES, "model.pt", "model.safetensors")
 CONFIG_FILE = "config.json"  # safetensors bundles: the network section that rebuilds it
 
 
@@ -115,42 +112,9 @@ LOADERS: dict[str, Callable[[Path], Predictor]] = {
 }
 
 
-def model_file(ckpt: str) -> Path:
-    """A model file, an export bundle folder (its int8 ONNX first) or a training run folder."""
-    path = Path(ckpt).expanduser()
-    if path.is_dir() and (path / bundle.PREPROCESSING_FILE).is_file():
-        found = next((path / n for n in BUNDLE_MODELS if (path / n).is_file()), None)
-        if found is None:
-            raise UserError(f"ckpt={ckpt}: export bundle without a model ({', '.join(BUNDLE_MODELS)})")
-        return found
-    if path.is_file() and path.suffix in LOADERS and path.suffix != ".ckpt":
-        return path
-    return read.model_checkpoint(ckpt)
-
-
 def load_predictor(ckpt: str) -> Predictor:
     path = model_file(ckpt)
     return LOADERS.get(path.suffix, from_checkpoint)(path)
-
-
-def expand_inputs(inputs: str) -> list[Path]:
-    """A file, a folder (every file under it, recursively, hidden ones skipped) or a glob."""
-    path = Path(inputs).expanduser()
-    if path.is_dir():
-        files = [
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
-    elif path.is_file():
-        files = [path]
-    else:
-        files = [Path(p) for p in glob.glob(os.path.expanduser(inputs), recursive=True) if Path(p).is_file()]
-    if not files:
-        raise UserError(
-            f"inputs={inputs}: no files found; pass an image, a folder or a quoted glob like 'photos/*.jpg'"
-        )
-    return sorted(files)
 
 
 class ImageFiles(Dataset):
@@ -216,12 +180,24 @@ def infer(
         skipped.update(failed)
         if images is None:
             continue
-        logits = predictor(images)
+        logits = check_finite(predictor, predictor(images))
         if tta:
-            flipped = predictor(np.ascontiguousarray(images[..., ::-1]))
-            logits = np.log((softmax(logits) + softmax(flipped)) / 2)
+            flipped = check_finite(predictor, predictor(np.ascontiguousarray(images[..., ::-1])))
+            logits = np.log((softmax(logits) + softmax(flipped)) / 2)  # -inf for a class at 0 is fine
         out[indices] = logits
     return out, skipped
+
+
+def check_finite(predictor: Predictor, logits: np.ndarray) -> np.ndarray:
+    """The model's logits, or one line when any is nan or inf: nan probabilities would be written
+    out as answers (and nan passes any `diff > atol` test)."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise UserError(
+            f"{predictor.path}: the model's outputs are not finite (nan or inf) for {int(bad.sum())} of "
+            f"{len(logits)} images: its weights are broken (did its run diverge?); use another checkpoint"
+        )
+    return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -262,8 +238,11 @@ def write(results: list[dict], out: str, k: int) -> None:
         sys.stdout.write(text)
         return
     path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+    except OSError as exc:  # e.g. a read-only place the checks before the run could not tell
+        raise UserError(f"out={out}: cannot be written ({exc.strerror})") from exc
 
 
 def run(cfg) -> dict:
@@ -272,12 +251,14 @@ def run(cfg) -> dict:
     predictor = load_predictor(str(cfg.ckpt))
     logits, skipped = infer(predictor, paths, cfg.batch_size, cfg.num_workers, cfg.tta)
     results = rows(paths, logits, skipped, predictor.classes, cfg.topk)
+    if len(skipped) == len(paths):  # one line: the first reason stands for all
+        first = min(skipped)
+        raise UserError(
+            f"inputs={cfg.inputs}: none of the {len(paths)} files could be read as an image "
+            f"(e.g. {paths[first]}: {skipped[first]})"
+        )
     for i, reason in skipped.items():
         print(f"effnet: skipped {paths[i]}: {reason}", file=sys.stderr)
-    if len(skipped) == len(paths):
-        raise UserError(
-            f"inputs={cfg.inputs}: none of the {len(paths)} files could be read as an image (see above)"
-        )
     write(results, str(cfg.out), cfg.topk)
     where = "stdout" if cfg.out == "-" else cfg.out
     print(

@@ -45,31 +45,60 @@ class FreezeBackbone(Callback):
 
 
 class Throughput(Callback):
-    """Training images per second over each epoch, all processes together, loading included."""
+    """Training images per second over each epoch's steps, all processes together, loading included
+    (validation is not); and the share of step time spent waiting for data.
+
+    A step's wait is the time from the end of the previous step (or the epoch's start) to the start
+    of this one: Lightning fetching the batch from the loader and moving it to the device. Near 0
+    the run is bound by compute; near 1 by the loader (more workers, data.cache).
+    """
 
     def __init__(self) -> None:
         self.per_epoch: list[float] = []
+        self.wait_per_epoch: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start, self._images = time.perf_counter(), 0
+        self._start = self._ready = time.perf_counter()
+        self._images, self._wait, self._busy = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_start = time.perf_counter()
+        self._wait += self._step_start - self._ready
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._ready = time.perf_counter()
+        self._busy += self._ready - self._step_start
         self._images += len(batch[0]) * trainer.world_size
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._ready - self._start
         if elapsed > 0:
             pl_module.log(
                 "img_s", self._images / elapsed, prog_bar=True, logger=False, on_step=True, on_epoch=False
             )
+            pl_module.log("data_wait", self.wait, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    @property
+    def wait(self) -> float:
+        """This epoch's wait so far, as a fraction of its step time."""
+        total = self._wait + self._busy
+        return self._wait / total if total > 0 else 0.0
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        rate = self._images / max(time.perf_counter() - self._start, 1e-9)
+        # over the steps and the waits between them: validation (run before this hook) is not training
+        rate = self._images / max(self._wait + self._busy, 1e-9)
         self.per_epoch.append(rate)
+        self.wait_per_epoch.append(self.wait)
         pl_module.log("train/images_per_sec", rate, on_step=False, on_epoch=True, rank_zero_only=True)
+        pl_module.log("train/data_wait", self.wait, on_step=False, on_epoch=True, rank_zero_only=True)
 
     @property
     def typical(self) -> float:
         """The median epoch: the first one pays for warm-up and worker start."""
         return statistics.median(self.per_epoch) if self.per_epoch else 0.0
+
+    @property
+    def typical_wait(self) -> float | None:
+        """The median epoch's fraction of step time spent waiting for data."""
+        return round(statistics.median(self.wait_per_epoch), 4) if self.wait_per_epoch else None
 
 
 def _fmt(metrics: dict, keys: tuple[str, ...]) -> str:
@@ -104,14 +133,24 @@ class PlainProgress(ProgressBar):
             self._print(
                 f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
                 f"batch {batch_idx + 1}/{self.total_train_batches}  "
-                + _fmt(metrics, ("train/loss_step", "img_s"))
+                + _fmt(metrics, ("train/loss_step", "img_s", "data_wait"))
             )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics
         self._print(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-            + _fmt(metrics, ("train/loss_epoch", "val/loss", "val/acc", "val/acc5", "train/images_per_sec"))
+            + _fmt(
+                metrics,
+                (
+                    "train/loss_epoch",
+                    "val/loss",
+                    "val/acc",
+                    "val/acc5",
+                    "train/images_per_sec",
+                    "train/data_wait",
+                ),
+            )
         )
 
 

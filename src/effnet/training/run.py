@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from effnet import cluster, runs
+from effnet import cluster, runfolder, runs
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, scan
@@ -27,6 +27,7 @@ from effnet.data.loaders import ImageDataModule
 from effnet.files import write_json
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
+from effnet.training.divergence import StopOnDivergence
 from effnet.training.loggers import build_loggers, finishing
 from effnet.training.module import ClassifierModule
 
@@ -66,8 +67,9 @@ def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split,
     ranks.clear(run_dir)
     for stale in write.remove_stale_temporaries(run_dir / find.CHECKPOINTS):
         log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
-    if folders.load_split(run_dir) is None:
+    if plan.resume is None or folders.load_split(run_dir) is None:  # a resume keeps the run's own
         folders.save_split(split, run_dir)
+    runfolder.record(run_dir, runfolder.identity_of(plan))
     write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
     scan.log_report(report, cfg.data.on_bad_image)
     (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
@@ -84,19 +86,8 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
         pin_memory=loading.pin_memory,
         seed=plan.seed,
         sample_weights=sample_weights(split.train) if loading.balance == "weighted_sampler" else None,
+        cache=loading.cache,
     )
-
-
-def requeued(run_dir: Path) -> Path | None:
-    """A SLURM job that was requeued (effnet requeues itself on the pre-timeout signal) starts
-    again in the same run folder: it continues from the folder's last.ckpt by itself. Every rank
-    sees the same last.ckpt here: none of them writes one before all have joined the process group."""
-    if not cluster.restarted():
-        return None
-    found = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
-    if found is not None:
-        log.info("SLURM restarted this job (requeued): resuming from %s", found)
-    return found
 
 
 def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None:
@@ -120,11 +111,13 @@ def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None
 def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     started = time.perf_counter()
     quiet_libraries()
+    cluster.resume_if_requeued(cfg, run_dir)  # before the claim: a requeued job resumes its own run
+    runfolder.claim(cfg, run_dir)  # done already under train.py; this is for callers of run()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    checkpoint = (
-        find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else requeued(run_dir)
-    )
+    checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
+    if checkpoint is not None:
+        runfolder.check_checkpoint(cfg, run_dir, checkpoint)
     Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
     plan, split, report = run_plan.resolve(cfg, run_dir, resume=str(checkpoint) if checkpoint else None)
     if runs.global_rank() == 0:
@@ -151,6 +144,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     throughput, best_epoch = Throughput(), BestEpoch()
     dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
     callbacks = [
+        StopOnDivergence(cfg.divergence.patience, ckpt_dir / find.LAST),  # first: before anything records
         best,
         latest,
         throughput,
@@ -191,6 +185,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         "last_checkpoint": str(ckpt_dir / find.LAST),
         "epochs_completed": trainer.current_epoch,
         "train_images_per_sec": round(throughput.typical, 2),
+        "data_wait_fraction": throughput.typical_wait,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),
@@ -242,9 +237,14 @@ def print_summary(summary: dict) -> None:
             f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}",
         ),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
-        ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s"),
+        ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s{_waiting(summary)}"),
         ("run folder", summary["run_dir"]),
     ]
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
+
+
+def _waiting(summary: dict) -> str:
+    wait = summary.get("data_wait_fraction")
+    return "" if wait is None else f", {wait:.0%} of step time waiting for data"

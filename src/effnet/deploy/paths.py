@@ -1,0 +1,52 @@
+"""The files a deploy command reads: the model behind `ckpt=` and the images behind `inputs=`.
+
+No torch: eval.py, predict.py and export.py check these before Hydra makes a folder and before
+any model is loaded, so a wrong path is one line in a second.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from effnet.checkpoints.find import locate
+from effnet.errors import UserError
+
+PREPROCESSING_FILE = "preprocessing.json"  # what makes a folder an export bundle
+ONNX_FILES = ("model.int8.onnx", "model.onnx")  # a bundle's preferred model first
+BUNDLE_MODELS = (*ONNX_FILES, "model.pt", "model.safetensors")
+EXPORTED_SUFFIXES = (".onnx", ".pt", ".safetensors")
+
+
+def model_file(ckpt: str) -> Path:
+    """A model file, an export bundle folder (its int8 ONNX first) or a training run folder."""
+    path = Path(ckpt).expanduser()
+    if path.is_dir() and (path / PREPROCESSING_FILE).is_file():
+        found = next((path / n for n in BUNDLE_MODELS if (path / n).is_file()), None)
+        if found is None:
+            raise UserError(f"ckpt={ckpt}: export bundle without a model ({', '.join(BUNDLE_MODELS)})")
+        return found
+    if path.is_file() and path.suffix in EXPORTED_SUFFIXES:
+        return path
+    return locate(ckpt, "model", "ckpt")
+
+
+def expand_inputs(inputs: str) -> list[Path]:
+    """A file, a folder (every file under it, recursively, hidden ones skipped) or a glob."""
+    path = Path(inputs).expanduser()
+    if path.is_dir():
+        files = [
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+    elif path.is_file():
+        files = [path]
+    else:
+        files = [Path(p) for p in glob.glob(os.path.expanduser(inputs), recursive=True) if Path(p).is_file()]
+    if not files:
+        raise UserError(
+            f"inputs={inputs}: no files found; pass an image, a folder or a quoted glob like 'photos/*.jpg'"
+        )
+    return sorted(files)

@@ -1,0 +1,140 @@
+"""data.cache: the store gives the transforms the very pixels decoding gives, so cached and
+uncached loaders yield identical batches; the disk store is shared between processes and follows
+changed files. Real images, real loader workers."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effnet.data import cache, folders
+from effnet.data.loaders import ImageDataModule, base_image
+from effnet.preprocessing import Preprocessing
+from tests.helpers import ROOT, compose_cfg, source_path
+
+PREP = Preprocessing(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+
+
+def photos(root, per_class: int = 6):
+    """JPEGs big enough to decode at a reduced DCT scale, large PNGs the store reduces, an
+    EXIF-rotated JPEG, a grayscale one and a small one: every way base_image can go."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("ant", "bee")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = (300 + 37 * i, 220 + 23 * i) if i % 2 else (180, 240)
+            pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            pixels[..., c] = 220
+            image = Image.fromarray(pixels)
+            if i == 0:
+                image.save(root / name / f"{i}.png")
+            elif i == 1:
+                exif = image.getexif()
+                exif[0x0112] = 6  # shown rotated by 90 degrees
+                image.save(root / name / f"{i}.jpg", exif=exif)
+            elif i == 2:
+                image.convert("L").save(root / name / f"{i}.jpg")
+            elif i == 3:
+                image.resize((40, 30)).save(root / name / f"{i}.jpg")
+            else:
+                image.save(root / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def batches(split, mode: str, workers: int, tmp_path, aug: str = "standard", epochs: int = 2):
+    dm = ImageDataModule(
+        split,
+        PREP,
+        compose_cfg([]).augment[aug],
+        4,
+        workers,
+        seed=7,
+        cache=mode,
+        cache_dir=tmp_path / "cache",
+    )
+    loader = dm.train_dataloader()
+    out = []
+    for epoch in range(epochs):
+        dm.train_sampler.set_epoch(epoch)
+        out.append([b for b in loader])
+    return out, dm.train_set.store
+
+
+@pytest.mark.parametrize("mode,workers", [("ram", 2), ("ram", 0), ("disk", 2)])
+def test_cached_batches_are_identical_to_decoded_ones(tmp_path, mode, workers):
+    split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
+    expected, _ = batches(split, "none", 0, tmp_path)
+    got, store = batches(split, mode, workers, tmp_path)
+    assert store.stored() == len(split.train), "every training image is in the store after one epoch"
+    for epoch_expected, epoch_got in zip(expected, got, strict=True):
+        for (images, labels), (cached_images, cached_labels) in zip(epoch_expected, epoch_got, strict=True):
+            assert torch.equal(images, cached_images) and torch.equal(labels, cached_labels)
+
+
+def test_heavy_augmentation_is_identical_from_the_store_too(tmp_path):
+    split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
+    expected, _ = batches(split, "none", 0, tmp_path, aug="heavy")
+    got, _ = batches(split, "ram", 2, tmp_path, aug="heavy")
+    assert all(
+        torch.equal(a[0], b[0]) for e, g in zip(expected, got, strict=True) for a, b in zip(e, g, strict=True)
+    )
+
+
+def test_the_header_predicts_the_decoded_shape(tmp_path):
+    root = photos(tmp_path / "data")
+    for path in sorted(root.rglob("*.*")):
+        for side in (20, 55, 100):
+            image = base_image(str(path), side)
+            assert cache.base_shape(str(path), side) == (image.height, image.width), (path, side)
+            assert min(image.size) < 2 * side or min(image.size) == min(Image.open(path).size)
+
+
+BUILD = """
+import sys
+from effnet.data import cache, folders
+split = folders.discover(sys.argv[1], 0.25, 0)
+_, counts = cache.disk_store([p for p, _ in split.train], 37, split.root, cache.Path(sys.argv[2]))
+print(counts["reused"], counts["decoded"])
+"""
+
+
+def test_the_disk_store_is_reused_by_another_process_and_follows_changed_files(tmp_path):
+    root = photos(tmp_path / "data")
+    split = folders.discover(root, 0.25, 0)
+    paths = [p for p, _ in split.train]
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD, str(root), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": source_path()},
+        check=True,
+    )
+    assert built.stdout.split() == ["0", str(len(paths))]
+
+    store, counts = cache.disk_store(paths, 37, split.root, tmp_path / "cache")
+    assert counts == {"reused": len(paths), "decoded": 0, "failed": 0}
+    assert all(np.array_equal(store.get(i), np.asarray(base_image(p, 37))) for i, p in enumerate(paths))
+
+    changed = paths[-1]
+    Image.new("RGB", (90, 60), "orange").save(
+        changed, format=Image.open(changed).format
+    )  # new size and shape
+    store, counts = cache.disk_store(paths, 37, split.root, tmp_path / "cache")
+    assert counts == {"reused": len(paths) - 1, "decoded": 1, "failed": 0}
+    assert np.array_equal(store.get(len(paths) - 1), np.asarray(base_image(changed, 37)))
+    assert np.array_equal(store.get(0), np.asarray(base_image(paths[0], 37))), "the others are untouched"
+
+
+def test_size_sample_feeds_the_store_estimate(tmp_path):
+    from effnet import recipes
+
+    root = photos(tmp_path / "data")
+    paths = sorted(str(p) for p in root.rglob("*.*"))
+    sizes = cache.size_sample(paths, k=len(paths))
+    exact = sum(np.asarray(base_image(p, 40)).nbytes for p in paths)
+    assert recipes.cache_bytes(sizes, len(paths), 40) == pytest.approx(exact, rel=0.02)
