@@ -212,7 +212,8 @@ def test_the_signalled_job_is_requeued_and_resumes_in_its_own_folder(slurm_sweep
     assert f"requeueing SLURM job {slurm_sweep.array}_0: it starts again in {job}" in stderr.read_text()
     assert (job / "checkpoints" / "interrupted.ckpt").is_file()
     log = (job / "train.log").read_text()
-    assert "SLURM restarted this job (requeued): resuming from" in log
+    assert f"SLURM restarted this job (requeued): resuming the run in {job}" in log
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'} at the start of epoch" in log
     summary = json.loads((job / "summary.json").read_text())
     assert summary["resumed_from"] == str(job / "checkpoints" / "last.ckpt")
     # every epoch once: the one cut short is replayed, its first rows dropped

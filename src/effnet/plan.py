@@ -576,7 +576,7 @@ def check_trainer_keys(trainer_cfg: DictConfig) -> None:
 
     known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     for key in trainer_cfg:
-        if key not in known:
+        if key not in known and key not in PLANNED_TRAINER_KEYS:  # ddp_timeout_s is effnet's own
             close = difflib.get_close_matches(str(key), sorted(known), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
             raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
