@@ -189,3 +189,12 @@ def test_memory_for_a_ram_store_is_capped_by_shared_memory(monkeypatch):
     # a container's default /dev/shm: 64 MB (this machine's cannot be made that small for a test)
     monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=16384, f_frsize=4096))
     assert plan.available_memory() == 64 * 2**20
+
+
+def test_a_pretrained_backbone_gets_the_lower_lr_and_a_resume_keeps_its_own():
+    assert build([]).optimisation.backbone_lr_scale == 0.4
+    assert build([]).summary()["backbone_lr"] == pytest.approx(0.4 * build([]).recipe.lr)
+    assert build(["model.pretrained=false"]).optimisation.backbone_lr_scale == 1.0
+    assert build(["optimizer.backbone_lr_scale=1.0"]).optimisation.backbone_lr_scale == 1.0
+    p = build([], resume="x/last.ckpt", resumed_lr_scale=1.0)  # a checkpoint from before the scale
+    assert p.optimisation.backbone_lr_scale == 1.0

@@ -189,3 +189,8 @@ def test_the_store_estimate_follows_the_decode_rules():
     assert recipes.cache_bytes([(4000, 3000, True), (500, 375, True)], 10, 792) == 5 * 3 * (
         2000 * 1500 + 500 * 375
     )
+
+
+def test_a_pretrained_backbone_trains_at_a_share_of_the_lr():
+    assert recipes.backbone_lr_scale(0.4, pretrained=True) == 0.4
+    assert recipes.backbone_lr_scale(0.4, pretrained=False) == 1.0

@@ -88,6 +88,7 @@ class Optimisation:
     warmup_epochs: float = 1.0
     min_lr: float = 1e-6
     ema_decay: float | None = None  # None: no weight averaging
+    backbone_lr_scale: float = 1.0  # the backbone trains at lr x this (recipes.backbone_lr_scale)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class RunPlan:
             "data_size": r.data_size,
             "epochs": r.epochs,
             "lr": r.lr,
+            "backbone_lr": r.lr * self.optimisation.backbone_lr_scale,
             "batch_size": r.batch_size,
             "dropout": r.dropout,
             "aug": r.aug,
@@ -296,8 +298,11 @@ def build(
     cli_overrides: Sequence[str] = (),
     preset: str | None = None,
     argv: Sequence[str] | None = None,
+    resumed_lr_scale: float | None = None,
 ) -> RunPlan:
-    """Resolve every value of the run. Raises UserError for a combination that cannot run."""
+    """Resolve every value of the run. Raises UserError for a combination that cannot run.
+    `resumed_lr_scale`: the backbone lr scale the resumed checkpoint's optimizer was built with
+    (its parameter groups must match)."""
     recipe, reason = choose_recipe(cfg, data.train, preset)
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
@@ -393,6 +398,11 @@ def build(
             warmup_epochs=float(cfg.scheduler.warmup_epochs),
             min_lr=float(cfg.scheduler.min_lr),
             ema_decay=float(cfg.model.ema_decay) if cfg.model.ema else None,
+            backbone_lr_scale=recipes.backbone_lr_scale(
+                cfg.optimizer.backbone_lr_scale, bool(cfg.model.pretrained) or bool(cfg.model.weights)
+            )
+            if resumed_lr_scale is None
+            else resumed_lr_scale,
         ),
         regularisation=Regularisation(
             label_smoothing=float(cfg.model.label_smoothing),
@@ -619,8 +629,16 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
         resume=resume,
         cli_overrides=cli_overrides,
         preset=preset,
+        resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
     )
     return plan, split, report
+
+
+def _saved_lr_scale(checkpoint: str) -> float:
+    """A resumed run keeps the parameter groups its optimizer state was saved with."""
+    from effnet.checkpoints.resume import saved_optimisation
+
+    return float(saved_optimisation(Path(checkpoint)).get("backbone_lr_scale", 1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,7 +664,7 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
         ("classes", counts or ", ".join(d.classes)),
         ("data problems", f"{d.problems} of {d.files} files unusable (skipped)" if d.problems else "none"),
         ("recipe", f"{r.data_size} row; {plan.recipe_reason}"),
-        ("lr", f"{r.lr:g} ({src['lr']})"),
+        ("lr", f"{r.lr:g} ({src['lr']})" + _backbone_lr(plan)),
         ("epochs", f"{r.epochs} ({src['epochs']})"),
         ("batch", f"{r.batch_size} ({src['batch_size']})"),
         ("dropout", f"{r.dropout:g} ({src['dropout']})"),
@@ -681,6 +699,11 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
     table += [("warning", w) for w in plan.warnings]
     table.append(("start it", plan.command))
     return table
+
+
+def _backbone_lr(plan: RunPlan) -> str:
+    scale = plan.optimisation.backbone_lr_scale
+    return "" if scale == 1.0 else f"; pretrained backbone at {plan.recipe.lr * scale:g} (x{scale:g})"
 
 
 def _floats(values: Sequence[float]) -> str:

@@ -142,6 +142,14 @@ def pick_precision(user_precision: str | int | None, on_cuda: bool, bf16_support
     return "bf16-mixed" if bf16_supported else "16-mixed"
 
 
+def backbone_lr_scale(scale: float, pretrained: bool) -> float:
+    """The backbone's share of the learning rate: lower than the new head's when the backbone
+    starts from pretrained weights, so fine-tuning adapts the features instead of overwriting them
+    with the gradients of a randomly initialised head (fastai's discriminative learning rates).
+    A backbone from random init trains at the full rate."""
+    return float(scale) if pretrained else 1.0
+
+
 def loader_workers(cores: int, devices_per_node: int) -> int:
     """One loader process per core left over after the training processes, at most 8 per process."""
     return max(1, min(8, cores // max(1, devices_per_node) - 1))

@@ -204,3 +204,32 @@ def test_resume_command_keeps_the_arguments_and_replaces_ckpt_path(tmp_path):
         "lr=1e-3",
         f"ckpt_path={tmp_path / 'run'}",
     ]
+
+
+def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(data, tmp_path):
+    """SLURM (time limit, scancel, preemption) and `kill -- -PGID` signal every process of the job,
+    the loader workers too: they must leave the stop to the trainer, not die and take it down.
+    (Every stop signal takes the same path in the workers: effnet.data.loaders.STOP_SIGNALS.)"""
+    stop = signal.SIGTERM
+    args = [f"data.root={data}", *ARGS, "data.num_workers=1", "epochs=50"]
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_PY), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, as a job step has
+    )
+    assert wait_for(
+        lambda: (
+            (tmp_path / "outputs").exists() and list(tmp_path.glob("outputs/train/*/checkpoints/last.ckpt"))
+        ),
+        proc,
+    )
+    os.killpg(proc.pid, stop)
+    code, output = finish(proc)
+    assert code == 128 + stop, output[-3000:]
+    assert "Traceback" not in output and "killed by signal" not in output, output[-3000:]
+    assert f"interrupted by {stop.name}" in output and "resume with:" in output
+    assert find.is_complete(only_run(tmp_path) / "checkpoints" / "interrupted.ckpt")

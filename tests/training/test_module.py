@@ -63,3 +63,23 @@ def test_ema_starts_from_the_loaded_weights_and_init_is_not_saved(tmp_path):
         "runtime",
     }
     assert module.eval_model() is module.ema.module
+
+
+def test_the_backbone_trains_at_its_share_of_the_lr_through_timms_scheduler():
+    from timm.scheduler import create_scheduler_v2
+
+    module = ClassifierModule(**sections(optimisation={"backbone_lr_scale": 0.4, "lr": 1e-3}))
+    groups = module.param_groups(module.net)
+    backbone = {id(p) for p in module.net.backbone.parameters()}
+    for group in groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1, "a group is all backbone or all head"
+        assert group.get("lr_scale", 1.0) == (0.4 if in_backbone.pop() else 1.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(module.net.parameters()))
+    from timm.optim import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(module.net, opt="adamw", lr=1e-3, param_group_fn=module.param_groups)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=10, warmup_epochs=0)
+    scheduler.step(0)
+    lrs = {g.get("lr_scale", 1.0): g["lr"] for g in optimizer.param_groups}
+    assert lrs[0.4] == pytest.approx(4e-4) and lrs[1.0] == pytest.approx(1e-3)

@@ -36,11 +36,17 @@ def epoch_to_resume(state: dict) -> int:
     return int(state.get("epoch", -1)) + 1  # a checkpoint from before effnet recorded it
 
 
-def planned_epochs(checkpoint: Path) -> int | None:
-    """The epoch count the checkpoint's learning-rate schedule was built for (mmap: no full read)."""
+def saved_optimisation(checkpoint: Path) -> dict:
+    """The checkpoint's optimisation section, or the flat hyper-parameters of an older checkpoint
+    (mmap: no full read)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     hparams = state.get("hyper_parameters") or {}
-    epochs = (hparams.get("optimisation") or hparams).get("epochs")  # sectioned, or an older flat dict
+    return dict(hparams.get("optimisation") or hparams)
+
+
+def planned_epochs(checkpoint: Path) -> int | None:
+    """The epoch count the checkpoint's learning-rate schedule was built for."""
+    epochs = saved_optimisation(checkpoint).get("epochs")
     return None if epochs is None else int(epochs)
 
 

@@ -150,6 +150,12 @@ RULES: list[tuple[str, Callable, str, bool]] = [
         True,
     ),
     ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0", False),
+    (
+        "optimizer.backbone_lr_scale",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        "a number in (0, 1], e.g. 0.4",
+        False,
+    ),
     ("scheduler.warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0", False),
     ("scheduler.min_lr", lambda v: _is_number(v) and v >= 0, "a number >= 0", False),
     ("trainer.precision", one_of(*PRECISIONS, 16, 32, 64), "one of: " + ", ".join(PRECISIONS[:6]), True),

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,6 +122,19 @@ class EpochSampler(Sampler):
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         for position, index in enumerate(order.tolist()):
             yield index, sample_seed(self.seed, epoch, position)
+
+
+# What SLURM (time limit, scancel, preemption) and `kill -- -PGID` send to every process of a job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def leave_stops_to_the_trainer(worker_id: int) -> None:
+    """In a loader worker: ignore the stop signals. A signal sent to the whole job would otherwise
+    kill the workers first, and their death would end the run with a traceback instead of the
+    trainer's checkpoint and resume line (effnet.training.interrupts). The trainer shuts them down;
+    a worker whose trainer died exits on its own (PyTorch's worker watchdog)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def eval_sampler(dataset: Dataset) -> Sampler | None:
@@ -300,6 +314,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             # the workers' base seed comes from here, not from the global RNG the model uses
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=leave_stops_to_the_trainer if self.num_workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

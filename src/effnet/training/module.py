@@ -17,7 +17,7 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -187,9 +187,23 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:  # once per optimizer step, so accumulation does not skew the decay
             self.ema.update(self.net, step=self.global_step)
 
+    def param_groups(self, net: nn.Module) -> list[dict]:
+        """timm's weight-decay groups (no decay for biases and norms), the backbone's at
+        backbone_lr_scale: timm's schedulers multiply each group's lr by its `lr_scale`."""
+        scale, decay = self.optimisation.backbone_lr_scale, self.optimisation.weight_decay
+        groups = [{**g, "lr_scale": scale} for g in param_groups_weight_decay(net.backbone, decay)]
+        return groups + param_groups_weight_decay(net.head, decay)
+
     def configure_optimizers(self):
         opt = self.optimisation
-        optimizer = create_optimizer_v2(self.net, opt=opt.optimizer, lr=opt.lr, weight_decay=opt.weight_decay)
+        optimizer = create_optimizer_v2(
+            self.net,
+            opt=opt.optimizer,
+            lr=opt.lr,
+            weight_decay=opt.weight_decay,
+            # one lr for every parameter: timm's own grouping, as checkpoints before the scale have it
+            param_group_fn=self.param_groups if opt.backbone_lr_scale != 1.0 else None,
+        )
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         scheduler, _ = create_scheduler_v2(
             optimizer,
