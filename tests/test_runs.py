@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from effnet import runs
+from effnet.errors import UserError
 
 
 def test_run_dirs_started_together_do_not_collide():
@@ -22,3 +25,25 @@ def test_only_rank_zero_writes(monkeypatch):
     assert runs.log_file("x/train.log") == "x/train.log" and runs.rank_zero_only(".hydra") == ".hydra"
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert runs.log_file("x/train.log") == "/dev/null" and runs.rank_zero_only(".hydra") is None
+
+
+def test_ranks_of_external_launchers_name_the_folder_alike(monkeypatch):
+    for var in (
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_JOB_ID",
+        "WORLD_SIZE",
+        "SLURM_NTASKS",
+        "TORCHELASTIC_USE_AGENT_STORE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    fresh = runs.new_run_dir.__wrapped__
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    assert fresh().startswith("outputs/train/20"), "one SLURM task: a run of its own"
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert fresh() == "outputs/train/slurm-41"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-41")  # torchrun --rdzv-id=job-41
+    assert fresh() == "outputs/train/torchrun-job-41"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # no --rdzv-id: shared by every run
+    with pytest.raises(UserError, match="torchrun without --rdzv-id: pass a unique --rdzv-id"):
+        fresh()  # (with torchrun's agent store the ranks agree on a name: tests/training/test_launch.py)

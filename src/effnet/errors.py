@@ -21,6 +21,11 @@ class UserError(Exception):
     """A problem the user can fix from the command line; printed as one line, exit status 2."""
 
 
+class RankFailed(Exception):
+    """Another DDP rank failed first (effnet.training.ranks): this rank's own error is only the
+    consequence. One line naming that rank's error; exit status 1, or a failed job in a sweep."""
+
+
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -71,10 +76,10 @@ def exit_for(exc: BaseException, bugs_exit: bool = False) -> NoReturn:
     exit_with(message)
 
 
-def exit_with(message: str) -> NoReturn:
-    """Print the one line and leave with status 2 (SystemExit passes through Hydra's handlers)."""
+def exit_with(message: str, status: int = 2) -> NoReturn:
+    """Print the one line and leave with `status` (SystemExit passes through Hydra's handlers)."""
     print(f"effnet: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 def one_line(exc: BaseException) -> str | None:
@@ -89,7 +94,7 @@ def one_line(exc: BaseException) -> str | None:
     )
 
     for err in _chain(exc):
-        if isinstance(err, UserError):
+        if isinstance(err, UserError | RankFailed):
             return str(err)
         if isinstance(err, MissingConfigException) and err.missing_cfg_file:
             return _unknown_option(err)

@@ -32,7 +32,7 @@ log = logging.getLogger("effnet")
 
 RECIPE_KEYS = ("lr", "epochs", "batch_size", "dropout", "aug")
 # Trainer arguments the plan decides; the rest of the `trainer:` section passes through as given.
-PLANNED_TRAINER_KEYS = ("precision", "sync_batchnorm", "strategy")
+PLANNED_TRAINER_KEYS = ("precision", "sync_batchnorm", "strategy", "ddp_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,7 @@ class RunPlan:
     devices: int  # processes per node
     num_nodes: int
     strategy: str
+    ddp_timeout_s: float  # how long a DDP rank waits for the others in a collective
     device_name: str
     loading: Loading
     preprocessing: Preprocessing
@@ -367,6 +368,7 @@ def build(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        ddp_timeout_s=float(cfg.trainer.ddp_timeout_s),
         device_name=device.name,
         loading=Loading(
             augmentation=level,
@@ -584,7 +586,7 @@ def check_trainer_keys(trainer_cfg: DictConfig) -> None:
 
     known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     for key in trainer_cfg:
-        if key not in known:
+        if key not in known and key not in PLANNED_TRAINER_KEYS:  # ddp_timeout_s is effnet's own
             close = difflib.get_close_matches(str(key), sorted(known), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
             raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
@@ -678,7 +680,12 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
             f"{plan.accelerator} ({plan.device_name}), {plan.devices} per node x {plan.num_nodes} node(s)",
         ),
         ("precision", plan.precision),
-        ("strategy", plan.strategy + (", channels_last" if plan.runtime.channels_last else "")),
+        (
+            "strategy",
+            plan.strategy
+            + (f", {plan.ddp_timeout_s:g} s process-group timeout" if plan.world_size > 1 else "")
+            + (", channels_last" if plan.runtime.channels_last else ""),
+        ),
         ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
         ("data cache", f"{plan.loading.cache} ({plan.loading.cache_reason})"),
         ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),

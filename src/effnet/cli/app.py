@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,11 +19,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import runfolder, runs, sweeps
+from effnet import cluster, runfolder, runs, sweeps
 from effnet.checkpoints.find import locate
 from effnet.cli import argv
-from effnet.cli.validate import validate, validate_command
-from effnet.errors import UserError, exit_for, exit_with, keep_full_error_choice, one_line
+from effnet.cli.validate import validate, validate_command, validate_launcher
+from effnet.errors import RankFailed, UserError, exit_for, exit_with, keep_full_error_choice, one_line
 
 log = logging.getLogger("effnet")
 
@@ -44,18 +45,26 @@ class ValidateBeforeRun(Callback):
         if self.command == "train" and config.get("dry_run"):
             dry_run(config)
         try:
+            if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
+                cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
             claim_run_folder(self.command, config)
         except Exception as exc:
             exit_for(exc, bugs_exit=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._validate_or_exit(config)
+        if self.command == "train":
+            self._validate_or_exit(config, validate_launcher)
         if self.command == "train" and config.get("dry_run"):
             exit_with("dry_run=true shows one run's plan: drop -m (or run it once per value you sweep)")
 
-    def _validate_or_exit(self, config: DictConfig) -> None:
+    def _validate_or_exit(
+        self, config: DictConfig, check: Callable[[DictConfig], None] | None = None
+    ) -> None:
         try:
-            if self.command == "train":
+            if check is not None:
+                check(config)
+            elif self.command == "train":
                 validate(config)
             else:
                 validate_command(self.command, config)
@@ -100,6 +109,8 @@ def register_resolvers() -> None:
         ("effnet_run_dir", runs.run_dir_for),
         ("effnet_log_file", runs.log_file),
         ("effnet_rank_zero", runs.rank_zero_only),
+        ("effnet_slurm_gpus", cluster.gpus_per_node),
+        ("effnet_slurm_cpus", cluster.cpus_per_task),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -143,6 +154,8 @@ def train_task(cfg: DictConfig) -> float | None:
             job_failed(cfg, hydra_cfg, exc)
         if isinstance(exc, UserError):
             runfolder.discard(run_dir)  # a fresh run that stopped before its first checkpoint leaves none
+        if isinstance(exc, RankFailed):
+            exit_with(str(exc), status=1)  # another rank's error: not a user mistake
         exit_for(exc)  # one line, not Hydra's "Error executing job" preamble
     return best
 
@@ -151,6 +164,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
     keep_full_error_choice()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from effnet import cluster
 from effnet.checkpoints.find import locate
 from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
@@ -159,6 +160,7 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("scheduler.min_lr", lambda v: _is_number(v) and v >= 0, "a number >= 0", False),
     ("trainer.precision", one_of(*PRECISIONS, 16, 32, 64), "one of: " + ", ".join(PRECISIONS[:6]), True),
     ("trainer.num_nodes", int_at_least(1), "an integer >= 1", False),
+    ("trainer.ddp_timeout_s", positive, "a number of seconds > 0, e.g. 600", False),
     ("gpu.min_micro_batch", int_at_least(1), "an integer >= 1", False),
     ("gpu.checkpointing_gain", lambda v: _is_number(v) and v >= 1, "a number >= 1", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
@@ -230,7 +232,15 @@ def validate(cfg: DictConfig) -> None:
         check(cfg, key, ok, accepted, nullable)
     _check_rows(cfg)
     _check_devices(cfg)
+    cluster.check_job_shape(cfg.trainer.devices, cfg.trainer.num_nodes)  # inside srun or torchrun
     _check_paths(cfg)
+
+
+def validate_launcher(config: DictConfig) -> None:
+    """Before a sweep submits anything: a SLURM launcher must ask for the job shape Lightning accepts."""
+    from effnet.sweeps import swept_keys
+
+    cluster.check_launcher(config, swept_keys(config.hydra))
 
 
 # eval.py, predict.py, export.py

@@ -1,10 +1,13 @@
 """Ctrl-C, SIGTERM (preemption, `kill`) and SLURM's pre-timeout signal: stop cleanly, say how to resume.
 
-Lightning already stops after the current step when it receives SIGTERM (and forwards the signal
-to the other ranks it launched). SIGINT and SIGUSR1 are turned into that same SIGTERM, so every
-interrupt takes one path: the step finishes, a checkpoint of that moment is written, and the run
-exits with 128 + the signal number and one line holding the command that resumes it. A second
-Ctrl-C abandons the step at once; the atomic checkpoint writes keep every file on disk whole.
+SIGINT, SIGTERM and SIGUSR1 take one path: the current training step finishes (on every rank,
+whichever got the signal), a checkpoint of that moment is written, and the run exits with 128 +
+the signal number and one line holding the command that resumes it. A second Ctrl-C abandons the
+step at once; the atomic checkpoint writes keep every file on disk whole.
+
+In a SLURM batch job, SIGUSR1 is the warning before the time limit (`--signal=USR1@90`; the
+hydra/launcher=slurm preset asks for it): rank 0 then requeues the job, which starts again in the
+same run folder and resumes there by itself (effnet.cluster has the whole story).
 """
 
 from __future__ import annotations
@@ -17,34 +20,42 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from effnet import cluster, runs
 
 log = logging.getLogger("effnet")
 
 # SLURM: `#SBATCH --signal=USR1@90` sends SIGUSR1 90 s before the time limit.
-FORWARDED = (signal.SIGINT, signal.SIGUSR1)
+REQUEUE_SIGNAL = signal.SIGUSR1
+SIGNALS = (signal.SIGINT, signal.SIGTERM, REQUEUE_SIGNAL)
 
 
 class Interrupts(Callback):
-    """Records which signal asked the run to stop, turns SIGINT/SIGUSR1 into Lightning's SIGTERM,
-    and writes checkpoints/interrupted.ckpt when Lightning stops the run: the weights at that
-    moment, for evaluating or exporting (resume uses the epoch-end last.ckpt, see checkpoints.py).
+    """Records which signal asked the run to stop, stops every rank at the end of the same
+    training step, and writes checkpoints/interrupted.ckpt there: the weights at that moment, for
+    evaluating or exporting (resume uses the epoch-end last.ckpt, see checkpoints.py).
 
-    The handlers go in before the data scan. Lightning only installs its own when training starts
-    (and forgets earlier signals), so a signal that came during setup is sent again then.
+    The ranks agree at the end of each training batch (an all-reduce of the signal number), so
+    whichever ranks got the signal, all of them stop at the same step. Lightning's own SIGTERM
+    handling cannot do that: its handler runs a broadcast inside the signal handler, and checks
+    its flag on each rank alone; when SLURM or torchrun signal every rank at once, ranks meet in
+    different collectives and hang until the process-group timeout. So effnet takes SIGTERM back
+    from Lightning when training starts. A signal during setup or validation stops the run at the
+    end of the next training step (validation batches differ between ranks: no agreement there).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.received: signal.Signals | None = None
         self.written: Path | None = None
+        self.requeue = False  # rank 0 of a SLURM job stopped by its time-limit warning
+        self.resume: str = ""  # the command that resumes the run, should the requeue fail
         self._previous: dict[int, object] = {}
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.received = self.received or signal.Signals(signum)
-
-    def _on_forwarded(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.received = self.received or signal.Signals(signum)
@@ -54,23 +65,46 @@ class Interrupts(Callback):
                 file=sys.stderr,
                 flush=True,
             )
-        os.kill(os.getpid(), signal.SIGTERM)
 
     @contextlib.contextmanager
     def installed(self):
-        """The handlers, for the duration of the run (Lightning composes its SIGTERM one on top)."""
-        handlers = {signal.SIGTERM: self._on_sigterm, **dict.fromkeys(FORWARDED, self._on_forwarded)}
-        for signum, handler in handlers.items():
-            self._previous[signum] = signal.signal(signum, handler)
+        """The handlers, for the duration of the run."""
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
         try:
             yield self
         finally:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
 
+    def requeue_if_asked(self) -> None:
+        """Requeue the SLURM job (see exit_interrupted); called once the run has closed its loggers,
+        as SLURM ends the job's processes (SIGTERM, then SIGKILL after KillWait) once it is requeued."""
+        if not self.requeue:
+            return
+        self.requeue = False
+        why = cluster.requeue()
+        if why is not None:
+            print(
+                f"effnet: error: could not requeue ({why}); resume with: {self.resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.received is not None:  # arrived before Lightning listened: tell it now
-            os.kill(os.getpid(), signal.SIGTERM)
+        # Lightning has just put in its SIGTERM handler (see the class docstring); its teardown
+        # puts this one back, and installed() the one from before the run.
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        signum = int(self.received or 0)
+        if trainer.world_size > 1:  # every rank runs as many training batches: all get here
+            agreed = torch.tensor([signum], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            signum = int(agreed.item())
+        if signum:
+            self.received = self.received or signal.Signals(signum)  # a rank the signal missed
+            raise SIGTERMException
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
@@ -81,23 +115,43 @@ class Interrupts(Callback):
         self.written = self.path
 
 
+def job_argv() -> list[str] | None:
+    """A sweep job's own command line: the entry script and the job's overrides. sys.argv is the
+    whole sweep there (-m lr=1e-3,3e-3), or, in a job submitit started, submitit's own."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return [os.environ.get(runs.SCRIPT_ENV, sys.argv[0]), *HydraConfig.get().overrides.task]
+
+
 def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:
-    """The user's command line with ckpt_path pointing at this run folder."""
-    argv = list(sys.argv if argv is None else argv)
+    """The user's command line (a sweep job's own) with ckpt_path pointing at this run folder."""
+    argv = list(argv or job_argv() or sys.argv)
     args = [a for a in argv[1:] if not a.lstrip("+").startswith("ckpt_path=")]
     return shlex.join(["python", argv[0], *args, f"ckpt_path={run_dir}"])
 
 
-def exit_interrupted(
-    received: signal.Signals, trainer, run_dir: Path, resume_epoch: int, saved: Path | None
-) -> None:
-    """One line on stderr (rank 0) with the resume command, then exit 128 + signal number."""
+def exit_interrupted(stop: Interrupts, trainer, run_dir: Path, resume_epoch: int) -> None:
+    """One line on stderr (rank 0) with the resume command, or for SLURM's time-limit warning in a
+    batch job, that the job is requeued (Interrupts.requeue_if_asked); then exit 128 + signal number."""
+    received = stop.received
+    assert received is not None
+    stop.resume = resume_command(run_dir)
+    stop.requeue = received == REQUEUE_SIGNAL and trainer.is_global_zero and cluster.in_batch_job()
     if trainer.is_global_zero:
+        then = f"(continues from the start of epoch {resume_epoch + 1})"
         print(
             f"effnet: interrupted by {received.name} in epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
             f"(step {trainer.global_step}); "
-            + (f"weights at this step saved to {saved}; " if saved else "")
-            + f"resume with: {resume_command(run_dir)}  (continues from the start of epoch {resume_epoch + 1})",
+            + (f"weights at this step saved to {stop.written}; " if stop.written else "")
+            + (
+                f"requeueing SLURM job {cluster.job_label()}: it starts again in {run_dir} "
+                f"and resumes by itself {then}"
+                if stop.requeue
+                else f"resume with: {stop.resume}  {then}"
+            ),
             file=sys.stderr,
             flush=True,
         )

@@ -6,19 +6,21 @@ as soon as the failed process is gone. What goes wrong is the message: the survi
 ("Connection closed by peer") come last and hide the real one. So every failing rank records its
 error in <run>/failures/rank-N.txt the moment Lightning reports it (before teardown closes the
 connections, so the cause is always stamped before its consequences); a rank whose own error came
-later prints one line naming the rank and error that came first, instead of its traceback.
+later prints one line naming the rank and error that came first, instead of its traceback (in a
+sweep, that line is the failed job's reason).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from effnet.errors import RankFailed
 from effnet.files import write_text
 
 FAILURES = "failures"
@@ -69,19 +71,35 @@ class RecordFailure(Callback):
             record(self.run_dir, trainer.global_rank, exception)
 
 
-def exit_if_not_first(run_dir: Path, rank: int, world_size: int, exc: BaseException) -> None:
-    """If another rank failed before this one, exit with one line naming its error.
+def timed_out(exc: BaseException) -> bool:
+    """A collective that waited out the process-group timeout: gloo's "Timed out waiting 600000ms
+    for recv operation", NCCL's "... ran for 600000 milliseconds before timing out", the store's
+    "wait timeout". torch raises them all as RuntimeError (DistBackendError) with only the text to tell."""
+    return (
+        isinstance(exc, RuntimeError)
+        and re.search(r"timed out|timeout|timing out", str(exc), re.I) is not None
+    )
+
+
+def raise_if_not_first(
+    run_dir: Path, rank: int, world_size: int, exc: BaseException, timeout_s: float | None = None
+) -> None:
+    """If another rank failed before this one, raise RankFailed naming its error (the caller shows
+    it as one line, or, in a sweep, as the job's reason); likewise when this rank waited out the
+    process-group timeout for ranks that never answered (a node that died or hung records nothing).
     Returns (and the caller re-raises) when this rank's error is the one to show."""
     if world_size <= 1 or not isinstance(exc, Exception):
         return
     found = first_failure(run_dir, rank)
-    if found is None:
-        return
-    other, error, path = found
-    print(
-        f"effnet: error: rank {other} failed: {error}; rank {rank} stopped with it "
-        f"({type(exc).__name__}). Traceback of rank {other}: {path}",
-        file=sys.stderr,
-        flush=True,
-    )
-    raise SystemExit(1)
+    if found is not None:
+        other, error, path = found
+        raise RankFailed(
+            f"rank {other} failed: {error}; rank {rank} stopped with it "
+            f"({type(exc).__name__}). Traceback of rank {other}: {path}"
+        ) from exc
+    if timeout_s is not None and timed_out(exc):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RankFailed(
+            f"rank {rank} waited trainer.ddp_timeout_s={timeout_s:g} s for the other ranks, in vain: "
+            f"a rank or its node died, hung or lost the network ({type(exc).__name__}: {first})"
+        ) from exc

@@ -18,14 +18,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from effnet import cluster, runfolder, runs
 from effnet import plan as run_plan
-from effnet import runfolder, runs
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, scan
 from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
 from effnet.files import write_json
-from effnet.training import interrupts, ranks
+from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
 from effnet.training.divergence import StopOnDivergence
 from effnet.training.loggers import build_loggers, finishing
@@ -55,7 +55,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts)."""
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
-        return train(cfg, run_dir, stop)
+        try:
+            return train(cfg, run_dir, stop)
+        finally:
+            stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
 
 def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split, report, cfg) -> None:
@@ -108,6 +111,7 @@ def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None
 def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     started = time.perf_counter()
     quiet_libraries()
+    cluster.resume_if_requeued(cfg, run_dir)  # before the claim: a requeued job resumes its own run
     runfolder.claim(cfg, run_dir)  # done already under train.py; this is for callers of run()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -156,7 +160,10 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         callbacks.append(FreezeBackbone(plan.freeze_epochs))
     loggers = build_loggers(cfg, run_dir, setup)
     trainer = L.Trainer(
-        **plan.trainer_args(),
+        **{
+            **plan.trainer_args(),
+            "strategy": launch.strategy(plan.strategy, plan.world_size, plan.ddp_timeout_s),
+        },
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=loggers or False,
@@ -166,7 +173,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
         note_resume(plan, checkpoint, run_dir)
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
-        fit(trainer, module, datamodule, checkpoint, run_dir, stop)
+        fit(trainer, module, datamodule, checkpoint, run_dir, stop, plan.ddp_timeout_s)
 
     epoch, best_acc = best_epoch.best
     summary = {
@@ -189,7 +196,9 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     return summary
 
 
-def fit(trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir: Path, stop) -> None:
+def fit(
+    trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir: Path, stop, timeout_s: float
+) -> None:
     """trainer.fit, with the two ways a run ends early: another rank failed first (one line naming
     it), or a signal asked it to stop (a checkpoint, then the command that resumes it)."""
     try:
@@ -200,18 +209,14 @@ def fit(trainer: L.Trainer, module, datamodule, checkpoint: Path | None, run_dir
             weights_only=True,  # resume never unpickles code, whoever wrote the file
         )
     except Exception as exc:
-        ranks.exit_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc)
+        ranks.raise_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc, timeout_s)
         raise
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
             raise
         resume_from = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
         interrupts.exit_interrupted(
-            stop.received,
-            trainer,
-            run_dir,
-            resume.resume_epoch(resume_from) if resume_from else 0,
-            stop.written,
+            stop, trainer, run_dir, resume.resume_epoch(resume_from) if resume_from else 0
         )
 
 
