@@ -448,14 +448,11 @@ def end_to_end(
     cfg: DictConfig, plan, split, run_dir: Path, epochs: int, threads: int | None, cuda: bool
 ) -> dict:
     """Real training epochs through effnet.training.run.run (what train.py runs) on the bench's
-    images: a run folder with that split.json trains on exactly those."""
-    from effnet.data.folders import save_split
+    images."""
     from effnet.training.run import run as train_run
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_split(split, run_dir)
     with MemoryWatch(cuda) as memory:
-        summary = train_run(pinned_config(cfg, plan, epochs, threads), run_dir)
+        summary = train_run(pinned_config(cfg, plan, epochs, threads), run_dir, split)
     rows = _epoch_rows(run_dir)
     rates = [round(r["images_per_sec"], 2) for r in rows]
     waits = [round(r["data_wait"], 4) for r in rows]

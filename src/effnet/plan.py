@@ -513,11 +513,11 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
     )
 
 
-def load_data(cfg: DictConfig, run_dir: Path | None):
+def load_data(cfg: DictConfig, run_dir: Path | None, given=None):
     """Scan the folder (cached), then take the split of `run_dir` (the run being resumed; None for
-    a fresh run, which never adopts a split it finds) or draw a fresh one from the usable files.
-    Returns (split, scan report); writes nothing but the scan cache and, for data=demo, the demo
-    images."""
+    a fresh run, which never adopts a split it finds), the `given` one (the bench's subset), or
+    draw a fresh one from the usable files. Returns (split, scan report); writes nothing but the
+    scan cache and, for data=demo, the demo images."""
     from effnet.data import folders, scan
 
     if cfg.data.generate_demo:
@@ -530,7 +530,7 @@ def load_data(cfg: DictConfig, run_dir: Path | None):
         cache=scan.cache_path(cfg.data.root, cfg.data.max_image_pixels),
     )
     scan.enforce(report, cfg.data.on_bad_image)
-    split = folders.load_split(run_dir) if run_dir is not None else None
+    split = folders.load_split(run_dir) if run_dir is not None else given
     if split is None:
         split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
     else:
@@ -603,15 +603,16 @@ def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
     return list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("preset")
 
 
-def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = None):
+def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = None, split=None):
     """(plan, split, scan report) for this config, on this machine. run_dir: the run folder,
-    whose split a resumed run keeps; None for a dry run."""
+    whose split a resumed run keeps; None for a dry run. split: train on this split of
+    data.root instead of drawing one (a fresh run only)."""
     from effnet.preprocessing import pretrained_config
     from effnet.preprocessing import resolve as resolve_preprocessing
 
     check_trainer_keys(cfg.trainer)
     backbone_cfg = pretrained_config(cfg.model.backbone)  # an unknown backbone fails before the scan
-    split, report = load_data(cfg, run_dir if resume else None)
+    split, report = load_data(cfg, run_dir if resume else None, given=split)
     device = probe_device(cfg.trainer)
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)

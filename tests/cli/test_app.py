@@ -334,9 +334,16 @@ def surface(tmp_path_factory, trained_run) -> dict[str, Path]:
     def nan_weight(state):
         state["net.backbone.conv_stem.weight"][0, 0, 0, 0] = float("nan")
 
-    def overflowing_head(state):  # every weight finite, every logit not
-        head = [k for k, v in state.items() if k.startswith("net.head") and v.dim() == 2][-1]
-        state[head].fill_(3e38)
+    def overflowing_head(state):
+        """Every weight finite, yet a logit overflows whatever the features: with the largest
+        float32 in both weight and bias, row 0 overflows when the features sum above zero and
+        row 1 (weight negated) when they sum below it."""
+        top = torch.finfo(torch.float32).max
+        weight = [k for k, v in state.items() if k.startswith("net.head") and v.dim() == 2][-1]
+        bias = weight.removesuffix("weight") + "bias"
+        state[weight].fill_(top)
+        state[weight][1].fill_(-top)
+        state[bias].fill_(top)
 
     paths["nan_run"] = broken_run("nan_run", nan_weight)
     paths["inf_run"] = broken_run("inf_run", overflowing_head)

@@ -50,13 +50,14 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, split: folders.Split | None = None) -> dict:
     """Train one model; returns the summary that is also written to run_dir/summary.json.
-    A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts)."""
+    A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts).
+    split: train on this split of data.root rather than drawing one (bench.py's subset)."""
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
         try:
-            return train(cfg, run_dir, stop)
+            return train(cfg, run_dir, stop, split)
         finally:
             stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
@@ -108,7 +109,9 @@ def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None
     resume.trim_metrics(run_dir / "metrics.csv", next_epoch)
 
 
-def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
+def train(
+    cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts, split: folders.Split | None = None
+) -> dict:
     started = time.perf_counter()
     quiet_libraries()
     cluster.resume_if_requeued(cfg, run_dir)  # before the claim: a requeued job resumes its own run
@@ -119,7 +122,8 @@ def train(cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts) -> dict:
     if checkpoint is not None:
         runfolder.check_checkpoint(cfg, run_dir, checkpoint)
     Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
-    plan, split, report = run_plan.resolve(cfg, run_dir, resume=str(checkpoint) if checkpoint else None)
+    resumed = str(checkpoint) if checkpoint else None
+    plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
     if runs.global_rank() == 0:
         prepare_run_dir(run_dir, plan, split, report, cfg)
     torch.set_num_threads(plan.loading.threads)
