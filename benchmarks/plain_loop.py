@@ -13,7 +13,8 @@ import time
 import timm
 import torch
 from PIL import Image
-from timm.data import create_transform
+
+from effnet.data.loaders import train_transform  # one timm create_transform call, no framework
 
 
 class Files(torch.utils.data.Dataset):
@@ -48,16 +49,9 @@ def train(
     on_epoch=None,
 ) -> list[float]:
     """Images/s of each epoch (its steps, from asking for the first batch to the last optimizer step)."""
-    transform = create_transform(
-        image_size,
-        is_training=True,
-        scale=tuple(level["scale"]),
-        hflip=level["hflip"],
-        color_jitter=level["color_jitter"] or None,
-        auto_augment=level["rand_augment"],
-        interpolation=interpolation,
-        normalize=False,
-    )
+    transform = train_transform(
+        image_size, level, interpolation
+    )  # the same timm call as effnet's, by construction
     loader = torch.utils.data.DataLoader(
         Files(samples, transform),
         batch_size,

@@ -573,56 +573,50 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
             f"{result['ceiling']['step_s'] * 1000:.0f} ms/step, micro-batch {plan['micro_batch_size']}, "
             f"{plan['precision']}" + (", channels_last" if plan["channels_last"] else ""),
         ),
-        (
-            "loader, epoch 1 (cold)",
-            rate(loader["cold_images_per_sec"]),
-            f"{loader['workers']} worker(s), {rate(loader['cold_per_worker'])} per worker; data.cache={loader['cache']}",
-        ),
     ]
-    if loader["cached_images_per_sec"] is not None:
-        cached = "cached" if loader["cache"] != "none" else "decoded again: data.cache=none"
-        table.append(
-            (
-                f"loader, epochs 2+ ({cached})",
-                rate(loader["cached_images_per_sec"]),
-                f"{rate(loader['cached_per_worker'])} per worker",
-            )
-        )
+
+    def epochs(
+        name: str,
+        measured: dict,
+        cold_detail: str,
+        cached_detail: str,
+        cold="epoch 1 (cold)",
+        cached="epochs 2+",
+    ):
+        """The cold row, and the cached row when more than one epoch was measured."""
+        out = [(f"{name}, {cold}", rate(measured["cold_images_per_sec"]), cold_detail)]
+        if measured["cached_images_per_sec"] is not None:
+            out.append((f"{name}, {cached}", rate(measured["cached_images_per_sec"]), cached_detail))
+        return out
+
+    table += epochs(
+        "loader",
+        loader,
+        f"{loader['workers']} worker(s), {rate(loader['cold_per_worker'])} per worker; data.cache={loader['cache']}",
+        f"{rate(loader['cached_per_worker'])} per worker",
+        cached="epochs 2+ ("
+        + ("cached" if loader["cache"] != "none" else "decoded again: data.cache=none")
+        + ")",
+    )
     timm = result.get("timm_loader")
     if timm:
-        table.append(
-            (
-                "timm create_loader, epoch 1",
-                rate(timm["cold_images_per_sec"]),
-                f"effnet / timm: {result['ratios']['loader_cold_over_timm']}x",
-            )
+        ratios = result["ratios"]
+        table += epochs(
+            "timm create_loader",
+            timm,
+            f"effnet / timm: {ratios['loader_cold_over_timm']}x",
+            f"effnet / timm: {ratios['loader_cached_over_timm']}x",
+            cold="epoch 1",
         )
-        if timm["cached_images_per_sec"] is not None:
-            table.append(
-                (
-                    "timm create_loader, epochs 2+",
-                    rate(timm["cached_images_per_sec"]),
-                    f"effnet / timm: {result['ratios']['loader_cached_over_timm']}x",
-                )
-            )
     for name, e2e in [("end to end", result["end_to_end"])] + [
         (f"end to end, {t} thread(s)", r) for t, r in result.get("end_to_end_threads", {}).items()
     ]:
-        table.append(
-            (
-                f"{name}, epoch 1 (cold)",
-                rate(e2e["cold_images_per_sec"]),
-                f"{e2e['threads']} thread(s), data wait {e2e['cold_data_wait']:.0%}",
-            )
+        table += epochs(
+            name,
+            e2e,
+            f"{e2e['threads']} thread(s), data wait {e2e['cold_data_wait']:.0%}",
+            f"data wait {e2e['cached_data_wait']:.0%}" if e2e["cached_data_wait"] is not None else "",
         )
-        if e2e["cached_images_per_sec"] is not None:
-            table.append(
-                (
-                    f"{name}, epochs 2+",
-                    rate(e2e["cached_images_per_sec"]),
-                    f"data wait {e2e['cached_data_wait']:.0%}",
-                )
-            )
     plain = result.get("plain_loop")
     if plain:
         table.append(
