@@ -3,17 +3,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test lint format venv lock clean
 
 venv: $(STAMP)
 
-# Re-install only when the dependencies change.
-$(STAMP): pyproject.toml
+# Re-install only when the dependencies or the lock change. Every version comes from the lock
+# (a pip constraints file); a pyproject.toml edited without `make lock` stops here.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) scripts/lock.py --check
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c $(LOCK) --upgrade pip
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev,weights,slurm]"
+	touch $(STAMP)
+
+# Resolve pyproject.toml's dependencies afresh (under this machine's pip config) into the lock.
+lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,weights,slurm]"
-	touch $(STAMP)
+	$(PY) scripts/lock.py
 
 demo: $(STAMP)
 	$(PY) train.py data=demo
