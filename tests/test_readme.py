@@ -14,7 +14,9 @@ Marked commands are collected as skipped tests with that reason (`pytest -ra` li
 
 Run: every other command by the first rule of RULES whose pattern it matches, in a fresh copy of
 the checkout (README commands run from the repository root), with PLACEHOLDERS replaced and the
-rule's small settings appended (Hydra takes the last value of a key). A command that no rule
+rule's small settings appended (Hydra takes the last value of a key). Python commands run in a
+fork of one interpreter that has imported torch, Lightning and timm once (tests/helpers.WarmEntry):
+each is still its own process, with its real entry script and argv. A command that no rule
 matches, or that a rule says must be marked, fails and says what to add.
 """
 
@@ -28,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -39,29 +40,30 @@ from markdown_it import MarkdownIt
 from tests.helpers import FAST, ROOT, WarmEntry, make_images
 
 # ================================================================================================
-# The table: how a README command runs here. Add a row when you add a command README.md cannot
-# run as written. Everything that makes a command small, and why, is here and nowhere else.
+# The table: how a README command runs here. Everything that makes a command small, and why, is
+# here and nowhere else. A new README command either matches a rule or carries a marker.
 # ================================================================================================
 
-RUN = "2026-01-05_09-12-44_a1b2c3"  # the shared run's folder name in outputs/train/
-SWEEP = "2026-01-05_09-12-44"  # the shared sweep's folder name in outputs/multirun/
+RUN = "2026-01-05_09-12-44_a1b2c3"  # the shared run's folder in outputs/train/
+SWEEP = "2026-01-05_09-12-44"  # the shared sweep's folder in outputs/multirun/
 
 # Text in a README command -> what it is here (longest first). {photos}: the small labelled data
-# set conftest.trained_run was trained on (3 classes, train/ + val/, 42 images of 40 px);
-# {new}: 3 unlabelled images; {venv}: the bin/ folder of the interpreter running the suite.
+# set conftest.trained_run was trained on (3 classes, train/ + val/, 42 images of 40 px), so the
+# shared run can be resumed on it; {new}: 3 unlabelled images; {venv}: the bin/ folder of the
+# interpreter running the suite (make installs .venv; the suite runs in one already).
 PLACEHOLDERS = {
     "~/photos/new": "{new}",
     "~/photos": "{photos}",
     "/data/photos": "{photos}",
     "<folder>": "{photos}",
-    "outputs/train/<run>": f"outputs/train/{RUN}",  # a copy of conftest.trained_run (setup "run")
-    "outputs/multirun/<timestamp>": f"outputs/multirun/{SWEEP}",  # a tiny 2-job sweep (setup "sweep")
-    ".venv/bin/": "{venv}/",  # make installs the venv; the suite runs in one already
+    "outputs/train/<run>": f"outputs/train/{RUN}",  # setup "run": a copy of conftest.trained_run
+    "outputs/multirun/<timestamp>": f"outputs/multirun/{SWEEP}",  # setup "sweep": a 2-job sweep
+    ".venv/bin/": "{venv}/",
 }
 
-# A training run of a few seconds: tests/helpers.FAST, the model the shared run has, one intra-op
-# thread (2 xdist workers share 2 cores; threads that compete for a core wait on each other, see
-# README "Threads"), 2 batches of training and validation, no sample grid to draw.
+# A training run of a few seconds: tests/helpers.FAST, the shared run's model, one intra-op thread
+# (2 xdist workers share 2 cores, and threads competing for a core wait on each other: README,
+# "Threads"), 2 batches of training and of validation, no grid of sample images to draw.
 SMALL = (
     *FAST,
     "model=mobilenetv3_small",
@@ -71,10 +73,10 @@ SMALL = (
     "trainer.limit_val_batches=2",
 )
 SMALL_ANY_MODEL = tuple(o for o in SMALL if not o.startswith("model="))
-# A plan instead of a run: what a command that needs GPUs would do, without them.
+# A plan instead of a run: what a command that needs GPUs would do with them, without them.
 DRY_RUN = ("dry_run=true", "trainer.accelerator=cpu")
-# The legacy exporter (dynamo takes ~20 s more for this tiny model; conftest.onnx_bundle uses it
-# too), no latency benchmark (~15 s), 12 calibration images.
+# The legacy exporter (the default, dynamo, takes ~20 s more for this tiny model; conftest's
+# onnx_bundle uses the legacy one too), no latency benchmark (~15 s), 12 calibration images.
 EXPORT_SMALL = ("exporter=torchscript", "bench.enabled=false", "calibration.images=12", "num_workers=0")
 # tests/test_bench.py's tiny bench.
 BENCH_SMALL = (
@@ -92,14 +94,73 @@ BENCH_SMALL = (
 
 
 @dataclass(frozen=True)
+class Rule:
+    pattern: str  # re.search in the README command: one line, comments dropped, placeholders as written
+    how: str  # python: in the warm interpreter | make: its recipe | shell | mark: README.md must mark it
+    expect: str = "finished"  # the check below that says what the command must have done
+    add: tuple[str, ...] = ()  # appended to the command line
+    # run: outputs/train/<run>; bundle: <run>/export/onnx; sweep: outputs/multirun/<timestamp>
+    setup: tuple[str, ...] = ()
+    jobs: int | None = None  # a sweep's jobs; None: as many as the command's comma lists make
+    why: str = ""  # why this form; for `mark`, the reason its marker should give
+
+
+# The first rule whose pattern a command matches says how it runs. The `mark` rows run nothing:
+# they name commands README.md must mark (make lock and optuna-dashboard ahead of their lines).
+# fmt: off
+RULES = (
+    Rule(r"^make test\b", "mark", why="it is the test suite itself"),
+    Rule(r"^make lock\b", "mark", why="needs the network (pip resolves every dependency afresh) and rewrites requirements.lock"),
+    Rule(r"^make clean\b", "mark", why="it deletes .venv, the interpreter the suite runs in, and every run in outputs/"),
+    Rule(r"^make \w+$", "make", "unchanged",
+         why="the recipe `make -n` prints (the venv counts as installed: installing needs the network), each "
+             "line run by this table, in the copy; `make format` may rewrite only the copy, and must not"),
+    Rule(r"^optuna-dashboard\b", "mark", why="a long-lived web server"),
+    Rule(r"^(\w+=\S+ )*docker\b", "mark", why="needs a Docker engine (none on the CI machines)"),
+    Rule(r"^(\w+=\S+ )*(torchrun|srun|sbatch)\b", "mark", why="needs GPUs, several machines or a SLURM cluster"),
+    Rule(r"hydra/launcher=slurm", "mark", why="needs a SLURM cluster"),
+    Rule(r"train\.py (?=.* -m( |$))(?=.* trainer=ddp( |$))", "mark",
+         why="a DDP sweep (a fresh process per job and rank: ~30 s a job); tests/training/test_launch.py runs one"),
+    Rule(r"\.py( .*)? --(help|cfg|info)\b", "python", "printed", why="as written: it prints and exits"),
+    Rule(r"^ruff |/ruff ", "shell", why="make lint's and make format's lines, as written"),
+    Rule(r"train\.py .*ckpt_path=last", "python", "resumed", add=(*SMALL, "epochs=3"), setup=("run",),
+         why="resumes a copy of the shared 2-epoch run (its data, model and size) for a third epoch"),
+    Rule(r"train\.py .*trainer=ddp", "python", "planned", add=DRY_RUN,
+         why="needs several GPUs: the dry run resolves the plan for them (devices, batch split, strategy) "
+             "on the CPU and prints it"),
+    Rule(r"train\.py .*sweep=grid", "python", "swept", add=SMALL_ANY_MODEL, jobs=8,
+         why="all 8 jobs of conf/sweep/grid.yaml, small (model is one of its knobs)"),
+    Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=2"), jobs=2,
+         why="2 trials, small (model and batch size fixed, a syntax the README shows)"),
+    Rule(r"train\.py .*-m\b", "python", "swept", add=SMALL, why="every job of the sweep, small"),
+    Rule(r"train\.py", "python", "trained", add=SMALL, why="a real run, small"),
+    Rule(r"eval\.py", "python", "evaluated", add=("num_workers=0",), setup=("run",), why="of the shared run"),
+    Rule(r"export\.py", "python", "exported", add=EXPORT_SMALL, setup=("run",), why="of the shared run, small"),
+    Rule(r"predict\.py", "python", "predicted", add=("num_workers=0",), setup=("run", "bundle"),
+         why="with conftest.onnx_bundle (the shared run's int8 bundle) where export.py puts it"),
+    Rule(r"bench\.py", "python", "benched", add=BENCH_SMALL, why="tests/test_bench.py's tiny bench"),
+    Rule(r"-m effnet\.report\b", "python", "reported", setup=("sweep",), why="of a 2-job sweep of small runs"),
+)
+# fmt: on
+
+# Modules the warm interpreter imports once; each command then runs in a fork of it.
+PRELOAD = ("torch", "lightning", "timm", "effnet.training.run", "matplotlib.pyplot", "onnxruntime")
+
+# ================================================================================================
+# Checks: what a command must have done.
+# ================================================================================================
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """A command's result: what the checks below read."""
+    """A finished command: what the checks read."""
 
     words: list[str]
     cwd: Path
     returncode: int
     stdout: str
     stderr: str
+    rule: Rule
 
     def ok(self) -> None:
         assert self.returncode == 0, (
@@ -109,6 +170,11 @@ class Outcome:
 
 def finished(out: Outcome) -> None:
     out.ok()
+
+
+def printed(out: Outcome) -> None:
+    out.ok()
+    assert out.stdout.strip() and not (out.cwd / "outputs" / "train").exists()
 
 
 def trained(out: Outcome) -> None:
@@ -131,23 +197,18 @@ def planned(out: Outcome) -> None:
     assert not (out.cwd / "outputs" / "train").exists()
 
 
-def swept(jobs: int | None = None) -> Callable[[Outcome], None]:
-    """`jobs` jobs, each with its summary; None: as many as the command's comma lists make."""
-
-    def check(out: Outcome) -> None:
-        out.ok()
-        expected = jobs or math.prod(
-            len(value.split(","))
-            for word in out.words
-            if "=" in word and not word.startswith("hydra.")
-            for value in [word.split("=", 1)[1]]
-            if not value.startswith(("[", "(", "{")) and "(" not in value
-        )
-        (sweep,) = (out.cwd / "outputs" / "multirun").iterdir()
-        summaries = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
-        assert summaries == [str(i) for i in range(expected)], (summaries, out.stderr[-2000:])
-
-    return check
+def swept(out: Outcome) -> None:
+    out.ok()
+    jobs = out.rule.jobs or math.prod(
+        len(value.split(","))
+        for word in out.words
+        if "=" in word and not word.startswith("hydra.")
+        for value in [word.split("=", 1)[1]]
+        if not value.startswith(("[", "(", "{")) and "(" not in value
+    )
+    (sweep,) = (out.cwd / "outputs" / "multirun").iterdir()
+    done = sorted((p.parent.name for p in sweep.glob("*/summary.json")), key=int)
+    assert done == [str(i) for i in range(jobs)], (done, out.stderr[-2000:])
 
 
 def evaluated(out: Outcome) -> None:
@@ -187,108 +248,15 @@ def reported(out: Outcome) -> None:
     assert "★" in out.stdout
 
 
-def helped(out: Outcome) -> None:
-    out.ok()
-    assert out.stdout.strip() and not (out.cwd / "outputs" / "train").exists()
-
-
 def unchanged(out: Outcome) -> None:
-    """A make target run in the copy: the checkout's files are as they were (format found nothing)."""
+    """A make target, run in the copy: the checkout's files are as they were (format found nothing)."""
     out.ok()
-    changed = [
-        name for name in checkout_files() if (ROOT / name).read_bytes() != (out.cwd / name).read_bytes()
-    ]
+    changed = [n for n in checkout_files() if (ROOT / n).read_bytes() != (out.cwd / n).read_bytes()]
     assert not changed, f"{shlex.join(out.words)} changed {changed}"
 
 
-@dataclass(frozen=True)
-class Rule:
-    pattern: str  # re.search in the README command (as written, comments dropped, one line)
-    how: str  # python: in the warm interpreter | make: its recipe, line by line | shell | mark
-    expect: Callable[[Outcome], None] = finished
-    add: tuple[str, ...] = ()  # appended to the command line
-    setup: tuple[
-        str, ...
-    ] = ()  # run: outputs/train/<run>; bundle: its export/onnx; sweep: outputs/multirun/<timestamp>
-    why: str = ""  # what the small form keeps and leaves out; for `mark`, the reason to give in README.md
-
-
-RULES = (
-    Rule(r"^make test\b", "mark", why="it is the test suite itself"),
-    Rule(
-        r"^make lock\b",
-        "mark",
-        why="needs the network (pip resolves every dependency afresh) and rewrites requirements.lock",
-    ),
-    Rule(
-        r"^make clean\b",
-        "mark",
-        why="it deletes .venv, the interpreter the suite runs in, and every run in outputs/",
-    ),
-    Rule(
-        r"^make \w+$",
-        "make",
-        unchanged,
-        why="the Makefile's recipe as `make -n` prints it, the venv taken as installed (installing needs "
-        "the network), each line run by this table in the copy: make format rewrites only the copy",
-    ),
-    Rule(r"^optuna-dashboard\b", "mark", why="a long-lived web server"),
-    Rule(r"^(\w+=\S+ )*docker\b", "mark", why="needs a Docker engine (none on the CI machines)"),
-    Rule(
-        r"^(\w+=\S+ )*(torchrun|srun|sbatch)\b",
-        "mark",
-        why="needs several GPUs or machines, or a SLURM cluster",
-    ),
-    Rule(r"hydra/launcher=slurm", "mark", why="needs a SLURM cluster"),
-    Rule(
-        r"train\.py (?=.* -m( |$))(?=.* trainer=ddp( |$))",
-        "mark",
-        why="a DDP sweep: tests/training/test_launch.py runs one",
-    ),
-    Rule(r"\.py( .*)? --(help|cfg|info)\b", "python", helped, why="as written: prints and exits"),
-    Rule(r"^ruff |/ruff ", "shell", why="make lint/format's lines, as written"),
-    Rule(
-        r"train\.py .*ckpt_path=last",
-        "python",
-        resumed,
-        add=(*SMALL, "epochs=3"),
-        setup=("run",),
-        why="resumes a copy of the shared 2-epoch run (same data, model and size) for a third epoch",
-    ),
-    Rule(
-        r"train\.py .*trainer=ddp",
-        "python",
-        planned,
-        add=DRY_RUN,
-        why="needs several GPUs: the dry run shows the plan (devices, batch split, strategy) on the CPU",
-    ),
-    Rule(
-        r"train\.py .*sweep=grid",
-        "python",
-        swept(8),
-        add=SMALL_ANY_MODEL,
-        why="all 8 jobs, small; model is swept",
-    ),
-    Rule(
-        r"train\.py .*sweep=optuna",
-        "python",
-        swept(2),
-        add=(*SMALL, "hydra.sweeper.n_trials=2"),
-        why="2 small trials; the fixed model and batch size shrink the search space",
-    ),
-    Rule(r"train\.py .*-m\b", "python", swept(), add=SMALL, why="every job of the sweep, small"),
-    Rule(r"train\.py", "python", trained, add=SMALL, why="a real run, small"),
-    Rule(r"eval\.py", "python", evaluated, add=("num_workers=0",), setup=("run",), why="on the shared run"),
-    Rule(r"export\.py", "python", exported, add=EXPORT_SMALL, setup=("run",), why="of the shared run"),
-    Rule(
-        r"predict\.py", "python", predicted, add=("num_workers=0",), setup=("run", "bundle"), why="its bundle"
-    ),
-    Rule(r"bench\.py", "python", benched, add=BENCH_SMALL, why="tests/test_bench.py's tiny bench"),
-    Rule(r"-m effnet\.report\b", "python", reported, setup=("sweep",), why="on a tiny 2-job sweep"),
-)
-
-# Modules the warm interpreter imports once; each command then runs in a fork of it.
-PRELOAD = ("torch", "lightning", "timm", "effnet.training.run", "matplotlib.pyplot", "onnxruntime")
+CHECKS = {f.__name__: f for f in (finished, printed, trained, resumed, planned, swept, evaluated, exported,
+                                   predicted, benched, reported, unchanged)}  # fmt: skip
 
 # ================================================================================================
 # Extraction: README.md -> commands and markers.
@@ -313,7 +281,7 @@ class Command:
 @dataclass
 class Readme:
     commands: list[Command] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # markers that mark nothing
+    problems: list[str] = field(default_factory=list)  # markers that mark nothing, unclosed quotes
 
 
 def normal(text: str) -> str:
@@ -456,7 +424,10 @@ class Runner:
         if rule.how == "make":
             self.make(words, rule)
         else:
-            rule.expect(self.execute(words, rule))
+            self.check(self.execute(words, rule))
+
+    def check(self, out: Outcome) -> None:
+        CHECKS[out.rule.expect](out)
 
     def stage(self, setup: tuple[str, ...]) -> None:
         if "run" in setup:
@@ -469,16 +440,18 @@ class Runner:
 
     def execute(self, words: list[str], rule: Rule) -> Outcome:
         words = [*words, *rule.add]
-        if rule.how == "python":
-            assert is_python(words[0]), f"{rule.pattern}: not a python command: {shlex.join(words)}"
-            script, args = (f"-m {words[2]}", words[3:]) if words[1] == "-m" else (words[1], words[2:])
-            script = script if script.startswith("-m ") else str(self.checkout / script)
-            result = self.fixture("readme_warm").run(script, args, self.checkout)
-        else:  # make's recipe lines run in a shell, as make runs them
-            result = subprocess.run(
-                shlex.join(words), shell=True, cwd=self.checkout, capture_output=True, text=True
-            )
-        return Outcome(words, self.checkout, result.returncode, result.stdout, result.stderr)
+        assert is_python(words[0]), f"{rule.pattern}: not a python command: {shlex.join(words)}"
+        script, args = (f"-m {words[2]}", words[3:]) if words[1] == "-m" else (words[1], words[2:])
+        script = script if script.startswith("-m ") else str(self.checkout / script)
+        result = self.fixture("readme_warm").run(script, args, self.checkout)
+        return Outcome(words, self.checkout, result.returncode, result.stdout, result.stderr, rule)
+
+    def shell(self, line: str, rule: Rule) -> Outcome:
+        """A recipe line, through the shell as make runs it."""
+        result = subprocess.run(line, shell=True, cwd=self.checkout, capture_output=True, text=True)
+        return Outcome(
+            shlex.split(line), self.checkout, result.returncode, result.stdout, result.stderr, rule
+        )
 
     def make(self, words: list[str], rule: Rule) -> None:
         recipe = subprocess.run(
@@ -490,8 +463,13 @@ class Runner:
             assert line_rule and line_rule.how in ("python", "shell"), (
                 f"`{shlex.join(words)}` runs `{line}`, which no python or shell rule in RULES covers"
             )
-            line_rule.expect(self.execute(shlex.split(substitute(line, self.values)), line_rule))
-        rule.expect(Outcome(words, self.checkout, 0, "", ""))
+            line = substitute(line, self.values)
+            self.check(
+                self.execute(shlex.split(line), line_rule)
+                if line_rule.how == "python"
+                else self.shell(line, line_rule)
+            )
+        self.check(Outcome(words, self.checkout, 0, "", "", rule))
 
 
 # ================================================================================================
@@ -553,6 +531,7 @@ def test_the_table_asks_for_a_marker_where_a_command_cannot_run_here():
     ):
         assert rule_for(text).how == "mark", text
     assert rule_for("python train.py data=demo trainer=ddp trainer.devices=2").add == DRY_RUN
+    assert all(r.expect in CHECKS and set(r.setup) <= {"run", "bundle", "sweep"} for r in RULES)
     assert rule_for("curl https://example.com | sh") is None
 
 
