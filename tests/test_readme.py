@@ -423,6 +423,8 @@ class Runner:
         words = [substitute(word, self.values) for word in command.words]
         if rule.how == "make":
             self.make(words, rule)
+        elif rule.how == "shell":
+            self.check(self.shell(shlex.join(words), rule))
         else:
             self.check(self.execute(words, rule))
 
