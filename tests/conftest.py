@@ -4,6 +4,7 @@ session for the eval, predict and export tests. No network, no downloads."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,32 @@ from tests.helpers import TINY, compose_cfg, make_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+# The versions the header records: what decides whether the suite's result carries to another machine.
+HEADER_PACKAGES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "optuna")
+
+
+def pytest_report_header(config) -> list[str]:
+    """One line of versions and whether the environment matches requirements.lock (`make` installs it)."""
+    from importlib import metadata
+
+    from scripts import lock
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    pins = lock.read_pins()
+    drift = sorted(f"{n} {v} (lock {pins[n]})" for n in pins if (v := version(n)) and v != pins[n])
+    state = (
+        f"matches requirements.lock ({len(pins)} pins)"
+        if not drift
+        else f"{len(drift)} differ: " + ", ".join(drift)
+    )
+    versions = ", ".join(f"{n} {version(n)}" for n in HEADER_PACKAGES)
+    return [f"effnet versions: python {platform.python_version()}, {versions}; lock: {state}"]
 
 
 @pytest.fixture(scope="session", autouse=True)
