@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import yaml
 
-from effnet import plan
+from effnet import memory, plan, recipes
 from effnet.training.module import ClassifierModule
 from effnet.training.run import run
 from tests.helpers import FAST, compose_cfg, make_images, metric_rows, run_train
@@ -90,6 +90,14 @@ def test_bf16_mixed_runs_on_cpu(flat_folder, tmp_path):
     assert summary["precision"] == "bf16-mixed" and summary["best_val_acc"] is not None
 
 
+def tier_holding(images: float, backbone: str, image_size: int, ema: bool) -> float:
+    """gpu.memory_gb of a tier whose checkpointed capacity is `images` (fp32, the CPU's precision)."""
+    gpu = compose_cfg([]).gpu
+    cost = memory.costs(backbone, "32-true")[True]
+    peak = sum(recipes.peak_terms(cost, images, image_size, gpu.cuda_overhead_gb * 1e9, ema).values())
+    return round(peak / gpu.usable_fraction / 1e9, 6)
+
+
 def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
     overrides = [
         f"data.root={flat_folder}",
@@ -102,7 +110,7 @@ def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
         "model.ema=true",
         "model.head.hidden=[16]",
         "gpu=4gb",
-        "model.memory_factor=400",  # ~1 image fits: forces the plan
+        f"gpu.memory_gb={tier_holding(2.5, 'efficientnet_b0', 32, ema=True)}",  # 2 images fit: forces the plan
     ]
     cfg = compose_cfg(overrides)
     summary = run(cfg, tmp_path / "r")
