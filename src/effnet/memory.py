@@ -419,10 +419,11 @@ def tables(rows: Mapping[Key, Row] | None = None, conf: Path = CONF_DIR) -> str:
     models = {n: c for n, c in model_configs(conf).items() if n in TABLE_MODELS}
     settings, tiers = gpu_settings(conf), tier_configs(conf)
     out = [
-        "Measured (`src/effnet/memory.csv`), per model at timm's native size, channels_last; MB = 10^6 bytes.",
+        "Measured (`src/effnet/memory.csv`) at the input size of timm's pretrained weights, channels_last; "
+        "MB = 10^6 bytes.",
         "Activations are saved bytes per image; with checkpointing they include the largest recomputed segment.",
         "",
-        "| model | timm backbone | native px | params (M) | weights + grads + AdamW (MB) "
+        "| model | timm backbone | measured at (px) | params (M) | weights + grads + AdamW (MB) "
         "| activations / image fp32 (MB) | bf16 | bf16 + checkpointing |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -533,50 +534,53 @@ def gpu_peak(
 def gpu_check(
     models: Sequence[str] = ("b0", "lite0", "b4"),
     tiers: Sequence[str] = ("8gb", "24gb"),
+    checkpointing: Sequence[bool | None] = (None,),
     conf: Path = CONF_DIR,
     run: Callable[..., dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """For each model and tier: the plan's micro-batch (batch 64, one device, bf16-mixed) and its
-    predicted peak, next to the measured peak. run=None only predicts (no GPU needed)."""
+    """For each model, tier and checkpointing choice (None: as the plan decides), the tier's
+    micro-batch capacity in bf16-mixed (the largest micro-batch a plan on that tier picks) and its
+    predicted peak, next to the peak `run` measures (gpu_peak; None only predicts, no GPU needed)."""
     rows, settings, tier_gb, configs = read(), gpu_settings(conf), tier_configs(conf), model_configs(conf)
+    minimum = int(settings["min_micro_batch"])
     results = []
     for name in models:
-        c = configs[name]
-        backbone, size = c["backbone"], int(c["image_size"])
+        backbone, size = configs[name]["backbone"], int(configs[name]["image_size"])
         found = costs(backbone, "bf16-mixed", rows)
         if found is None:
             raise KeyError(f"{backbone}: no row in {CSV_PATH}")
         for tier in tiers:
             tier_budget = budget(tier_gb[tier], settings)
-            plan = recipes.plan_batches(
-                64,
-                1,
-                costs=found,
-                budget=tier_budget,
-                image_size=size,
-                min_micro_batch=int(settings["min_micro_batch"]),
-            )
-            terms = dict(plan.peak)
-            predicted = sum(terms.values()) - terms["CUDA context"]
-            result = {
-                "model": name,
-                "tier": tier,
-                "image_size": size,
-                "micro_batch": plan.micro_batch,
-                "checkpointing": plan.grad_checkpointing,
-                "predicted_allocated": predicted,
-            }
-            if run is not None:
-                measured = run(
-                    backbone,
-                    size,
-                    plan.micro_batch,
-                    checkpointing=plan.grad_checkpointing,
-                    cap_bytes=round(tier_budget.tier_bytes),
+            for choice in checkpointing:
+                plain = recipes.micro_batch_capacity(found[False], tier_budget, size)
+                use = plain < minimum if choice is None else choice
+                capacity = recipes.micro_batch_capacity(found[use], tier_budget, size)
+                plan = recipes.plan_batches(
+                    max(1, capacity),
+                    1,
+                    costs=found,
+                    budget=tier_budget,
+                    image_size=size,
+                    grad_checkpointing=use,
                 )
-                result |= measured
-                result["ratio"] = round(measured["max_allocated"] / predicted, 3)
-            results.append(result)
+                terms = dict(plan.peak)
+                predicted = sum(terms.values()) - terms["CUDA context"]
+                result = {
+                    "model": name,
+                    "tier": tier,
+                    "image_size": size,
+                    "capacity": capacity,
+                    "micro_batch": plan.micro_batch,
+                    "checkpointing": use,
+                    "predicted_allocated": predicted,
+                }
+                if run is not None:
+                    measured = run(
+                        backbone, size, plan.micro_batch, checkpointing=use, cap_bytes=tier_budget.tier_bytes
+                    )
+                    result |= measured
+                    result["ratio"] = round(measured["max_allocated"] / predicted, 3)
+                results.append(result)
     return results
 
 
@@ -618,7 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.gpu_check:
         models = args.models.split(",") if args.models else ("b0", "lite0", "b4")
-        print(format_check(gpu_check(models, run=None if args.dry else gpu_peak)))
+        results = gpu_check(models, checkpointing=(None, True), run=None if args.dry else gpu_peak)
+        print(format_check(results))
         return 0
     configs = model_configs()
     names = args.models.split(",") if args.models else list(configs)

@@ -747,7 +747,7 @@ def _memory(plan: RunPlan) -> str:
         if b.tier_bytes
         else "of host memory (gpu=cpu: no ceiling)"
     )
-    rest = ", ".join(f"{name} {value / 1e9:.2f}" for name, value in terms[1:] if value)
+    rest = ", ".join(f"{name} {value / 1e9:.2f}" for name, value in terms[1:] if value >= 5e6)
     return (
         f"predicted peak {b.peak_bytes / 1e9:.1f} GB {where} for micro-batch {b.micro_batch}"
         f" ({recipes.precision_kind(plan.precision)}): {terms[0][0]} {terms[0][1] / 1e9:.2f} GB dominate"
