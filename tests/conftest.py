@@ -47,6 +47,10 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "gpu: needs a CUDA device; skipped without one (scripts/gpu-check.sh runs them on a GPU)"
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: runs whole programs for a minute or more; part of the suite, -m 'not slow' leaves it out",
+    )
 
 
 def pytest_collection_modifyitems(config, items) -> None:

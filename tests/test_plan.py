@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from effnet import memory, plan
+from effnet import memory, plan, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 from tests.helpers import compose_cfg
@@ -237,3 +237,16 @@ def test_a_pretrained_backbone_gets_the_lower_lr_and_a_resume_keeps_its_own():
     assert build(["optimizer.backbone_lr_scale=1.0"]).optimisation.backbone_lr_scale == 1.0
     p = build([], resume="x/last.ckpt", resumed_lr_scale=1.0)  # a checkpoint from before the scale
     assert p.optimisation.backbone_lr_scale == 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_the_tier_of_this_cuda_device():
+    import torch
+
+    device = plan.probe_device(compose_cfg([]).trainer)
+    assert device.cuda and device.memory_bytes == torch.cuda.get_device_properties(0).total_memory
+    p = build(["gpu=auto"], device=device)
+    tiers = compose_cfg([]).gpu.tiers
+    assert p.tier == recipes.pick_tier(tiers, device.memory_bytes) != "cpu"
+    assert (p.accelerator, p.precision, p.runtime.channels_last) == ("cuda", "bf16-mixed", True)
+    assert p.batches.tier_bytes == round(tiers[p.tier].memory_gb * 1e9) and p.batches.peak_bytes

@@ -9,7 +9,8 @@ set_grad_checkpointing), channels_last as the plan uses on a GPU, it counts:
   autocast); AdamW state: the tensors timm's AdamW creates in its first step;
 - saved activations: every tensor autograd saves for the backward pass, seen by
   torch.autograd.graph.saved_tensors_hooks and deduplicated by storage (a tensor saved by two
-  operations, or two views of one buffer, is one allocation); the weights themselves are left
+  operations, or two views of one buffer, is one allocation), plus the input batch (uint8 and its
+  normalised float copy), which the step holds throughout; the weights themselves are left
   out, they are counted above. Two batch sizes separate what grows with the batch from what
   does not (autocast's bf16 copies of the weights);
 - with checkpointing, autograd keeps only each checkpointed segment's input, and the backward pass
@@ -277,9 +278,14 @@ def _forward_saved(net, batch: int, size: int, precision: str, leave_out: set[in
     import torch
     import torch.nn.functional as F
 
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    # The loader's uint8 batch and its normalised float copy (ClassifierModule.normalize) are held
+    # for the whole step, whether or not an operation saves them.
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    x = ((images.float() - 127.5) / 64).contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch, dtype=torch.long)
     saved, segments = _Saved(), []
+    for held in (images, x):
+        saved.bytes[_storage(held)] = held.untyped_storage().nbytes()
     with (
         torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
         _segments_counted(segments, leave_out),

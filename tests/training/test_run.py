@@ -5,6 +5,7 @@ import json
 import logging
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
@@ -81,6 +82,16 @@ def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_
     assert second["optimizer_states"][0]["state"], "optimizer state carried over"
     assert [r["epoch"] for r in metric_rows(run_dir, "val/acc")] == ["0", "1"]
     assert (run_dir / "split.json").read_text() == split_before
+
+
+@pytest.mark.gpu
+def test_one_gpu_trains_the_demo_in_bf16_with_channels_last(tmp_path):
+    cfg = compose_cfg(["data=demo", f"data.root={tmp_path / 'demo'}", "epochs=1", "trainer.accelerator=gpu"])
+    summary = run(cfg, tmp_path / "r")
+    assert (summary["precision"], summary["channels_last"], summary["devices"]) == ("bf16-mixed", True, 1)
+    assert summary["gpu_tier"] != "cpu" and summary["best_val_acc"] is not None
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["net.backbone.conv_stem.weight"].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bf16_mixed_runs_on_cpu(flat_folder, tmp_path):
