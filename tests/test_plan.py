@@ -85,7 +85,7 @@ def test_dry_run_shows_the_predicted_peak_and_its_largest_term():
     assert row.startswith(
         f"predicted peak {peak:.1f} GB of 8 GB (gpu=8gb; 7.2 GB usable) for micro-batch 16 (bf16)"
     )
-    assert ": activations " in row and "GB dominate" in row and "CUDA context 0.50" in row
+    assert "; largest term: activations " in row and "; then CUDA context 0.50" in row
     assert 0 < peak <= 7.2
     row = dict(plan.rows(build(["batch_size=16"])))["memory"]
     assert "of host memory (gpu=cpu: no ceiling) for micro-batch 16 (fp32)" in row
@@ -102,6 +102,13 @@ def test_a_backbone_without_measured_memory_is_measured_or_refused_on_a_gpu_tier
     p = build(["model.backbone=convnext_tiny", "gpu=8gb"], device=H100, memory_rows=measured)
     assert p.batches.capacity == build(["gpu=8gb"], device=H100).batches.capacity
     assert plan.memory_rows("efficientnet_b0") == memory.read(), "a shipped model is read, not measured"
+    assert plan.memory_rows("convnext_tiny", needed=False) == memory.read(), "the cpu tier measures nothing"
+
+    def unmeasurable(backbone):
+        raise NotImplementedError("no fake kernel for aten::something")
+
+    monkeypatch.setattr(memory, "measure_backbone", unmeasurable)
+    assert plan.memory_rows("convnext_tiny") == memory.read(), "left out: build() refuses it on a GPU tier"
 
 
 def test_devices_split_the_batch_and_indivisible_is_one_line():

@@ -650,22 +650,27 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
         cli_overrides=cli_overrides,
         preset=preset,
         resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
-        memory_rows=memory_rows(cfg.model.backbone),
+        memory_rows=memory_rows(cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None),
     )
     return plan, split, report
 
 
-def memory_rows(backbone: str) -> dict[memory.Key, memory.Row]:
-    """effnet/memory.csv, plus the backbone's own rows when it has none there: measured now, on fake
-    tensors (seconds, no memory), exactly as `python -m effnet.memory` measures the shipped models."""
+def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.Row]:
+    """effnet/memory.csv, plus the backbone's own rows when a GPU tier needs them and the file has
+    none: measured now, on fake tensors (seconds, no memory), as `python -m effnet.memory` measures
+    the shipped models. A backbone fake tensors cannot run is left out, and build() says so."""
     rows = memory.read()
-    if memory.costs(backbone, "32-true", rows) is None:
-        log.info("memory: %s is not in %s; measuring it (a few seconds)", backbone, memory.CSV_PATH.name)
-        rows = {
-            **rows,
-            **{(r.backbone, r.precision, r.checkpointing): r for r in memory.measure_backbone(backbone)},
-        }
-    return rows
+    if not needed or memory.costs(backbone, "32-true", rows) is not None:
+        return rows
+    log.info("memory: %s is not in %s; measuring it (a few seconds)", backbone, memory.CSV_PATH.name)
+    try:
+        measured = memory.measure_backbone(backbone)
+    except Exception as exc:  # an operation without a fake-tensor kernel, say: a warning, not a traceback
+        log.warning(
+            "memory: could not measure %s: %s", backbone, (str(exc) or type(exc).__name__).splitlines()[0]
+        )
+        return rows
+    return {**rows, **{(r.backbone, r.precision, r.checkpointing): r for r in measured}}
 
 
 def _saved_lr_scale(checkpoint: str) -> float:
@@ -750,8 +755,8 @@ def _memory(plan: RunPlan) -> str:
     rest = ", ".join(f"{name} {value / 1e9:.2f}" for name, value in terms[1:] if value >= 5e6)
     return (
         f"predicted peak {b.peak_bytes / 1e9:.1f} GB {where} for micro-batch {b.micro_batch}"
-        f" ({recipes.precision_kind(plan.precision)}): {terms[0][0]} {terms[0][1] / 1e9:.2f} GB dominate"
-        + (f"; {rest} GB" if rest else "")
+        f" ({recipes.precision_kind(plan.precision)}); largest term: {terms[0][0]} {terms[0][1] / 1e9:.2f} GB"
+        + (f"; then {rest} GB" if rest else "")
     )
 
 
