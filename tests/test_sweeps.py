@@ -92,6 +92,7 @@ def test_fail_fast_stops_at_the_first_failing_job(data, tmp_path):
 
 def test_optuna_search_of_three_trials_is_ranked_by_the_report(data, tmp_path):
     args = ["sweep=optuna", f"data.root={data}", *TINY, "hydra.sweeper.n_trials=3", "batch_size=choice(4,8)"]
+    args += ["hydra.sweeper.n_jobs=2"]  # two batches through the launcher: trials 0 and 1, then 2
     result = run_train(args, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = sweep_dir(tmp_path)

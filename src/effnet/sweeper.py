@@ -94,7 +94,7 @@ def parse_search_space(overrides: Sequence[str], config_loader=None) -> SearchSp
             if texts:
                 space.texts[key] = texts
         else:
-            space.fixed[key] = override.get_value_element_as_str()
+            space.fixed[key] = space.lines[key].partition("=")[2]  # as written
     return space
 
 
