@@ -429,8 +429,7 @@ class OptunaSweeper(Sweeper):
         )
 
     def _run_batch(self, study, trials: list, space: SearchSpace, url: str) -> None:
-        from optuna.trial import TrialState
-
+        """Launch one batch of asked trials and tell the study how each ended."""
         for trial in trials:
             for key, value in space.fixed.items():
                 trial.set_user_attr(key, value)
@@ -442,35 +441,45 @@ class OptunaSweeper(Sweeper):
             )
             for t in trials
         }
-        returns: list[JobReturn] = []
+        failures: list[BaseException] = []
+        told = 0
         try:
             self.validate_batch_is_legal(list(jobs.values()))
             for run in consecutive(trials):
                 launched = self.launcher.launch([jobs[t.number] for t in run], initial_job_idx=run[0].number)
-                returns += list(launched)
+                for trial, ret in zip(run, launched, strict=True):
+                    error = self._tell(study, trial, ret)
+                    told += 1
+                    if error is not None:
+                        failures.append(error)
         except BaseException as exc:  # Ctrl-C, sweep.fail_fast, a launcher error: no trial is left running
-            for trial in trials[len(returns) :]:
+            for trial in trials[told:]:
                 self._fail(study, trial._trial_id, f"the sweep stopped while this trial ran: {describe(exc)}")
             raise
-        failures = []
-        for trial, ret in zip(trials, returns, strict=True):
-            run_dir = OmegaConf.select(ret.hydra_cfg or {}, "hydra.runtime.output_dir")
-            if run_dir:
-                trial.set_user_attr("run_dir", str(Path(run_dir).absolute()))
-            state, value, error = job_outcome(ret)
-            if state == "complete":
-                study.tell(trial, value, skip_if_finished=True)
-                log.info("trial %d: %s %.4f", trial.number, MONITOR, value)
-            elif state == "pruned":
-                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-                log.info("trial %d: pruned", trial.number)
-            else:
-                trial.set_user_attr(ERROR_ATTR, describe(error))
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                log.warning("trial %d failed: %s", trial.number, describe(error))
-                failures.append(error)
         if failures and len(failures) / len(trials) > self.max_failure_rate:
             raise failures[0]
+
+    @staticmethod
+    def _tell(study, trial, ret: JobReturn) -> BaseException | None:
+        """Record one job's end in the study; returns its error when it failed."""
+        from optuna.trial import TrialState
+
+        run_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+        if run_dir:
+            trial.set_user_attr("run_dir", str(Path(run_dir).absolute()))
+        state, value, error = job_outcome(ret)
+        if state == "complete":
+            study.tell(trial, value, skip_if_finished=True)
+            log.info("trial %d: %s %.4f", trial.number, MONITOR, value)
+            return None
+        if state == "pruned":
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            log.info("trial %d: pruned", trial.number)
+            return None
+        trial.set_user_attr(ERROR_ATTR, describe(error))
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("trial %d failed: %s", trial.number, describe(error))
+        return error
 
     def _write_results(self, study, sweep_dir: Path, url: str) -> None:
         """optimization_results.yaml: the best trial so far, of the whole study."""
