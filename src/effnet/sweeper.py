@@ -365,6 +365,9 @@ class OptunaSweeper(Sweeper):
                 study_name=self.study_name,
                 storage=rdb_storage(url),
                 sampler=optuna.samplers.RandomSampler(),  # replaced below, once the study's size is known
+                pruner=build(
+                    self.pruner, optuna.pruners.NopPruner()
+                ),  # the jobs prune; a bad config stops here
                 direction=self.direction,
                 load_if_exists=True,
             )
@@ -394,6 +397,8 @@ class OptunaSweeper(Sweeper):
             batch = [study.ask(space.searched) for _ in range(min(self.n_jobs, remaining))]
             self._run_batch(study, batch, space, url)
             remaining -= len(batch)
+            if remaining > 0:
+                self._write_results(study, sweep_dir, url, final=False)  # the best so far, after each batch
         self._write_results(study, sweep_dir, url)
 
     @staticmethod
@@ -481,8 +486,9 @@ class OptunaSweeper(Sweeper):
         log.warning("trial %d failed: %s", trial.number, describe(error))
         return error
 
-    def _write_results(self, study, sweep_dir: Path, url: str) -> None:
-        """optimization_results.yaml: the best trial so far, of the whole study."""
+    def _write_results(self, study, sweep_dir: Path, url: str, final: bool = True) -> None:
+        """optimization_results.yaml: the best trial so far, of the whole study. At the end, a
+        study where no trial completed and some failed is an error."""
         from optuna.trial import TrialState
 
         finished = self._finished(study)
@@ -500,10 +506,12 @@ class OptunaSweeper(Sweeper):
             "trials": finished,
         }
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        if not final:
+            return
         if best is not None:
             log.info("best: trial %d, %s %.4f, %s", best.number, MONITOR, best.value, best.params)
             return
-        failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if failed:
             first = failed[0]
             raise UserError(
