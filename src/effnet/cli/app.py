@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, runfolder, runs, sweeps
+from effnet import cluster, runfolder, runs, sweeper, sweeps
 from effnet.checkpoints.find import locate
 from effnet.cli import argv
 from effnet.cli.validate import validate, validate_command, validate_launcher
@@ -137,6 +137,21 @@ def job_failed(cfg: DictConfig, hydra_cfg: DictConfig, exc: Exception) -> NoRetu
     raise SweepJobFailed(f"{job} failed: {message}; see {out}/train.log") from exc
 
 
+def job_pruned(hydra_cfg: DictConfig, why: str) -> NoReturn:
+    """A sweep trial the pruner stopped: not a failure. Say so in the log and in pruned.txt in its
+    folder (the sweep report lists it as pruned), and raise optuna.TrialPruned, which effnet's
+    sweeper records as a pruned trial and goes on."""
+    import optuna
+
+    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    out = Path(hydra_cfg.runtime.output_dir)
+    log.info("%s pruned %s", job, why)
+    if runs.global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pruned.txt").write_text(f"pruned {why}\n")
+    raise optuna.TrialPruned(f"{job} pruned {why}")
+
+
 def train_task(cfg: DictConfig) -> float | None:
     """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
     hydra_cfg = HydraConfig.get()
@@ -146,7 +161,8 @@ def train_task(cfg: DictConfig) -> float | None:
         validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
         from effnet.training.run import run  # the heavy imports start here
 
-        best = run(cfg, run_dir)["best_val_acc"]
+        summary = run(cfg, run_dir, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
+        best = summary["best_val_acc"]
         if best is None and multirun:
             raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
     except Exception as exc:
@@ -157,6 +173,8 @@ def train_task(cfg: DictConfig) -> float | None:
         if isinstance(exc, RankFailed):
             exit_with(str(exc), status=1)  # another rank's error: not a user mistake
         exit_for(exc)  # one line, not Hydra's "Error executing job" preamble
+    if multirun and summary.get("pruned"):
+        job_pruned(hydra_cfg, summary["pruned"])
     return best
 
 
