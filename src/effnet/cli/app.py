@@ -148,6 +148,8 @@ def train_task(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if multirun:  # each job's own options: on_multirun_start checked against all swept ones
+            check_surface(cfg, "train", hydra_cfg)
         validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
         from effnet.training.run import run  # the heavy imports start here
 

@@ -140,6 +140,12 @@ def key_set(cfg: DictConfig) -> set[str]:
     return keys
 
 
+def settable(key: str) -> bool:
+    """Whether the command line can name `key`: Hydra's override grammar has no key part that
+    starts with a digit (gpu.tiers.8gb.b0_batch is set in conf/gpu/8gb.yaml, not on the line)."""
+    return not any(part[:1].isdigit() for part in key.split("."))
+
+
 def nearest(key: str, known: Iterable[str], n: int = 3) -> list[str]:
     """The known keys closest to `key`: by the whole dotted key, else by its last part
     (+callbacks.early_stopping.patience: divergence.patience), else the closest at all."""
@@ -175,7 +181,7 @@ def problem(key: str, known: set[str], leaves: set[str], cfg: DictConfig) -> str
     if key in known:
         return None
     parts = key.split(".")
-    candidates = set(leaves)
+    candidates = {k for k in leaves if settable(k)}
     if parts[0] == "trainer" and "trainer" in known:
         if len(parts) > 1 and parts[1] in EFFNET_TRAINER:
             return f"effnet sets trainer.{parts[1]} itself {EFFNET_TRAINER[parts[1]]}"
@@ -222,26 +228,28 @@ def _written(override) -> list[str]:
     return [key]
 
 
-def _loader(config: DictConfig):
-    """The config loader of the running Hydra app (or one for the config's own folder)."""
+def _loader(hydra: DictConfig):
+    """The config loader of the running Hydra app (or one for the config's own folder); `hydra`:
+    the config's `hydra` node."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if not GlobalHydra.instance().is_initialized():
-        main = next(s.path for s in config.hydra.runtime.config_sources if s.provider == "main")
+        main = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
         initialize_config_dir(config_dir=str(main), version_base="1.3")
     return GlobalHydra.instance().config_loader()
 
 
-def reference_keys(config: DictConfig, overrides: list, dropped: list) -> tuple[set[str], set[str]]:
-    """(every key, the leaf keys) of the composition of `config` without the `dropped` overrides.
+def reference_keys(hydra: DictConfig, overrides: list, dropped: list) -> tuple[set[str], set[str]]:
+    """(every key, the leaf keys) of the composition that `hydra` (a config's `hydra` node, with
+    the parsed `overrides` of its command line) describes, without the `dropped` overrides.
     In a multirun, the union over each swept group's options (Hydra composes the sweep with the
     group's default)."""
     from hydra.types import RunMode
 
-    mode = RunMode.MULTIRUN if config.hydra.mode == RunMode.MULTIRUN else RunMode.RUN
-    name = config.hydra.job.config_name
-    choices = set(config.hydra.runtime.choices)
+    mode = RunMode.MULTIRUN if hydra.mode == RunMode.MULTIRUN else RunMode.RUN
+    name = hydra.job.config_name
+    choices = set(hydra.runtime.choices)
     kept = [o for o in overrides if not any(o is d for d in dropped)]
     lines = [o.input_line for o in kept]
     variants = [lines]
@@ -252,7 +260,7 @@ def reference_keys(config: DictConfig, overrides: list, dropped: list) -> tuple[
             except Exception:  # glob(...) and other sweeps that are not a plain list
                 continue
             variants += [[*lines[:i], f"{o.get_key_element()}={c}", *lines[i + 1 :]] for c in options]
-    loader = _loader(config)
+    loader = _loader(hydra)
     keys: set[str] = set()
     leaves: set[str] = set()
     for variant in variants:
@@ -262,14 +270,19 @@ def reference_keys(config: DictConfig, overrides: list, dropped: list) -> tuple[
     return keys, leaves
 
 
-def check_surface(config: DictConfig, command: str) -> None:
+def check_surface(config: DictConfig, command: str, hydra: DictConfig | None = None) -> None:
     """UserError for a key the command line adds (`+`/`++`) that the composed config does not
     define and no open sub-tree takes. `config`: the composed config with its `hydra` node, as
-    the Hydra callback gets it. Composes once more (about 0.2 s), only when something is added."""
-    if "hydra" not in config:
+    the Hydra callback gets it, or a job's config and its `hydra` (HydraConfig.get()). Composes
+    once more (about 0.2 s), only when something is added.
+
+    A multirun is checked at its start against the union over the options of each swept group,
+    and then per job (app.train_task) against that job's own composition."""
+    hydra = hydra if hydra is not None else config.get("hydra")
+    if hydra is None:
         return
-    overrides = _parse(config.hydra.overrides.task)
-    choices = set(config.hydra.runtime.choices)
+    overrides = _parse(hydra.overrides.task)
+    choices = set(hydra.runtime.choices)
     added = [
         o
         for o in overrides
@@ -280,7 +293,7 @@ def check_surface(config: DictConfig, command: str) -> None:
     deleted = [
         o for o in overrides if o.is_delete() and not o.is_hydra_override() and not _is_group(o, choices)
     ]
-    known, leaves = reference_keys(config, overrides, added + deleted)
+    known, leaves = reference_keys(hydra, overrides, added + deleted)
     for override in added:
         for key in _written(override):
             why = problem(key, known, leaves, config)
@@ -367,7 +380,7 @@ def composition_files(config: DictConfig) -> list[tuple[Path, str]]:
     """(YAML file, package) of every config of the app that makes up `config`, in merge order."""
     from hydra.types import RunMode
 
-    loader = _loader(config)
+    loader = _loader(config.hydra)
     folders = [Path(s.path) for s in loader.get_sources() if s.scheme() == "file"]
     files = []
     overrides = list(config.hydra.overrides.task)
@@ -416,11 +429,18 @@ def _sibling(key: str, described: dict[str, str]) -> str:
     return ""
 
 
-def options(config: DictConfig, described: dict[str, str], width: int = 38) -> str:
+def described(config: DictConfig) -> dict[str, str]:
+    """Every leaf key of a composed config (with its `hydra` node) -> its description ("" if none)."""
+    texts = descriptions(composition_files(config))
+    return {key: texts.get(key) or _sibling(key, texts) for key in defaults(config)}
+
+
+def options(config: DictConfig, width: int = 38) -> str:
     """One line per key: `key=default  description`, then the open sub-trees."""
+    texts = described(config)
     rows = []
     for key, value in defaults(config).items():
-        text = described.get(key) or _sibling(key, described)
+        text = texts[key]
         if value == "???":
             text = f"(required) {text}".strip()
         rows.append((f"{key}={show(value)}", text))
@@ -431,5 +451,11 @@ def options(config: DictConfig, described: dict[str, str], width: int = 38) -> s
 
 def options_resolver(*, _root_: DictConfig) -> str:
     """${effnet_options:} in conf/hydra/help/*.yaml: the options of the config --help composed.
-    `$` doubled: Hydra substitutes $APP_CONFIG_GROUPS and the like in the text afterwards."""
-    return options(_root_, descriptions(composition_files(_root_))).replace("$", "$$")
+    `$` doubled: Hydra substitutes $APP_CONFIG_GROUPS and the like in the text afterwards.
+
+    OmegaConf also evaluates the template while Hydra composes any config (merging hydra/config
+    over hydra/help), before the app's own configs are merged: then there is nothing to list,
+    and nothing is read."""
+    if not set(_root_) - {"hydra"}:
+        return ""
+    return options(_root_).replace("$", "$$")
