@@ -279,8 +279,8 @@ def check_surface(config: DictConfig, command: str, hydra: DictConfig | None = N
     A multirun is checked at its start against the union over the options of each swept group,
     and then per job (app.train_task) against that job's own composition."""
     hydra = hydra if hydra is not None else config.get("hydra")
-    if hydra is None:
-        return
+    if hydra is None or not any(str(o).startswith("+") for o in hydra.overrides.task):
+        return  # nothing added: nothing to check (and no override parsed)
     overrides = _parse(hydra.overrides.task)
     choices = set(hydra.runtime.choices)
     added = [
