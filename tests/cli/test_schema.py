@@ -133,7 +133,7 @@ def test_every_key_of_every_option_is_accepted(group, option, hydra_context):
     """The reference (the composition without the command line's additions) holds exactly the
     composed keys, whichever option is selected, so `++key=...` of any of them is accepted."""
     cfg = composed("train", [f"{group}={option}"])
-    known, leaves = schema.reference_keys(cfg.hydra, schema._parse(cfg.hydra.overrides.task), [])
+    known, leaves = schema.reference_keys(cfg.hydra, schema._parse(schema.command_line(cfg.hydra)), [])
     assert known == schema.key_set(cfg)
     assert leaves == set(schema.defaults(cfg))
     assert all(schema.problem(key, known, leaves, cfg) is None for key in leaves)

@@ -204,6 +204,11 @@ def problem(key: str, known: set[str], leaves: set[str], cfg: DictConfig) -> str
 # The check: every key the command line adds is one the composition defines
 
 
+def command_line(hydra: DictConfig) -> list[str]:
+    """The overrides as typed (hydra.overrides.task), a `${...}` in them not resolved."""
+    return OmegaConf.to_container(hydra.overrides.task, resolve=False)
+
+
 def _parse(overrides: Iterable[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -279,9 +284,10 @@ def check_surface(config: DictConfig, command: str, hydra: DictConfig | None = N
     A multirun is checked at its start against the union over the options of each swept group,
     and then per job (app.train_task) against that job's own composition."""
     hydra = hydra if hydra is not None else config.get("hydra")
-    if hydra is None or not any(str(o).startswith("+") for o in hydra.overrides.task):
+    task = [] if hydra is None else command_line(hydra)
+    if not any(o.startswith("+") for o in task):
         return  # nothing added: nothing to check (and no override parsed)
-    overrides = _parse(hydra.overrides.task)
+    overrides = _parse(task)
     choices = set(hydra.runtime.choices)
     added = [
         o
@@ -383,7 +389,7 @@ def composition_files(config: DictConfig) -> list[tuple[Path, str]]:
     loader = _loader(config.hydra)
     folders = [Path(s.path) for s in loader.get_sources() if s.scheme() == "file"]
     files = []
-    overrides = list(config.hydra.overrides.task)
+    overrides = command_line(config.hydra)
     for item in loader.compute_defaults_list(config.hydra.job.config_name, overrides, RunMode.RUN).defaults:
         package = item.package or ""
         if item.config_path is None or package == "hydra" or package.startswith("hydra."):
