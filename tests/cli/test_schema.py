@@ -60,6 +60,7 @@ UNKNOWN = [
     ),
     ("train", ["data=demo", "+lrr=1e-3"], "+lrr=1e-3: no such key; nearest: lr"),
     ("train", ["data=demo", "++epoch=3"], "++epoch=3: no such key; nearest: epochs"),
+    ("train", ["data=demo", "+lrr=${lr}"], "+lrr=${lr}: no such key; nearest: lr"),  # as typed
     (
         "train",
         ["data=demo", "+model.pretraind=false"],
