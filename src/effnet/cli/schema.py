@@ -26,6 +26,7 @@ Imports no torch: this runs in the Hydra callback and in --help.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Iterable, Iterator
@@ -233,16 +234,19 @@ def _written(override) -> list[str]:
     return [key]
 
 
-def _loader(hydra: DictConfig):
-    """The config loader of the running Hydra app (or one for the config's own folder); `hydra`:
-    the config's `hydra` node."""
+@contextlib.contextmanager
+def _loader(hydra: DictConfig) -> Iterator:
+    """The config loader of the running Hydra app, or outside one a loader for the config's own
+    folder for the time of the `with`; `hydra`: the config's `hydra` node."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if not GlobalHydra.instance().is_initialized():
-        main = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
-        initialize_config_dir(config_dir=str(main), version_base="1.3")
-    return GlobalHydra.instance().config_loader()
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance().config_loader()
+        return
+    main = next(s.path for s in hydra.runtime.config_sources if s.provider == "main")
+    with initialize_config_dir(config_dir=str(main), version_base="1.3"):
+        yield GlobalHydra.instance().config_loader()
 
 
 def reference_keys(hydra: DictConfig, overrides: list, dropped: list) -> tuple[set[str], set[str]]:
@@ -265,13 +269,13 @@ def reference_keys(hydra: DictConfig, overrides: list, dropped: list) -> tuple[s
             except Exception:  # glob(...) and other sweeps that are not a plain list
                 continue
             variants += [[*lines[:i], f"{o.get_key_element()}={c}", *lines[i + 1 :]] for c in options]
-    loader = _loader(hydra)
     keys: set[str] = set()
     leaves: set[str] = set()
-    for variant in variants:
-        composed = loader.load_configuration(name, variant, run_mode=mode)
-        keys |= key_set(composed)
-        leaves |= set(defaults(composed))
+    with _loader(hydra) as loader:
+        for variant in variants:
+            composed = loader.load_configuration(name, variant, run_mode=mode)
+            keys |= key_set(composed)
+            leaves |= set(defaults(composed))
     return keys, leaves
 
 
@@ -386,11 +390,12 @@ def composition_files(config: DictConfig) -> list[tuple[Path, str]]:
     """(YAML file, package) of every config of the app that makes up `config`, in merge order."""
     from hydra.types import RunMode
 
-    loader = _loader(config.hydra)
-    folders = [Path(s.path) for s in loader.get_sources() if s.scheme() == "file"]
+    with _loader(config.hydra) as loader:
+        folders = [Path(s.path) for s in loader.get_sources() if s.scheme() == "file"]
+        name, overrides = config.hydra.job.config_name, command_line(config.hydra)
+        items = loader.compute_defaults_list(name, overrides, RunMode.RUN).defaults
     files = []
-    overrides = command_line(config.hydra)
-    for item in loader.compute_defaults_list(config.hydra.job.config_name, overrides, RunMode.RUN).defaults:
+    for item in items:
         package = item.package or ""
         if item.config_path is None or package == "hydra" or package.startswith("hydra."):
             continue
