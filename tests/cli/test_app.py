@@ -27,7 +27,7 @@ CLI_CASES = [
     ),
     (
         ["data.root={root}", "lrr=1e-3"],
-        "unknown key 'lrr' (did you mean lr?); to add a new key write +lrr=1e-3",
+        "unknown key 'lrr' (did you mean lr?)",
     ),
     (
         ["data.root={root}", "model.pretraind=false"],
@@ -132,8 +132,6 @@ def test_a_dry_run_of_a_bad_combination_is_one_line(tmp_path):
 # interpreter (tests.helpers.WarmEntry); `heavy` says whether the case may import torch (it
 # has to read a model or a checkpoint to know), else it must fail before.
 
-FAST_TRAIN = ["trainer.accelerator=cpu", "model=mobilenetv3_small", "model.pretrained=false", "image_size=32"]
-
 # (args, expected part of the message, heavy)
 TRAIN_CASES = {
     "train": [
@@ -164,9 +162,9 @@ TRAIN_CASES = {
         (["data.root={data}", "lrr=1e-3"], "unknown key 'lrr' (did you mean lr?)", False),
         (["data.root={data}", "trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'", False),
         (
-            ["data.root={data}", "+trainer.max_epoch=3", *FAST_TRAIN],
-            "trainer.max_epoch: not an argument",
-            True,
+            ["data.root={data}", "+trainer.max_epoch=3"],
+            "+trainer.max_epoch=3: no such key; nearest: trainer.",
+            False,
         ),
         (["data.root={data}", "model=b9"], "model=b9: unknown option", False),
         (["data.root={data}", "data=nope"], "data=nope: unknown option", False),

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from effnet import cluster, runfolder, runs, sweeper, sweeps
 from effnet.checkpoints.find import locate
 from effnet.cli import argv
+from effnet.cli.schema import check_surface, options_resolver
 from effnet.cli.validate import validate, validate_command, validate_launcher
 from effnet.errors import RankFailed, UserError, exit_for, exit_with, keep_full_error_choice, one_line
 
@@ -33,7 +34,8 @@ class ValidateBeforeRun(Callback):
 
     Hydra turns exceptions from callbacks into warnings and carries on, so a bad value leaves
     through SystemExit: nothing is written. `command` names the script (train, eval, predict,
-    export) whose rules apply. A dry run (train.py dry_run=true) ends here too, after printing
+    export, bench) whose rules apply; a key the command line adds that nothing reads is refused
+    first (effnet.cli.schema). A dry run (train.py dry_run=true) ends here too, after printing
     the plan: no run folder, no log file.
     """
 
@@ -64,7 +66,9 @@ class ValidateBeforeRun(Callback):
         try:
             if check is not None:
                 check(config)
-            elif self.command == "train":
+                return
+            check_surface(config, self.command)  # a key nothing reads, added with + or ++
+            if self.command == "train":
                 validate(config)
             else:
                 validate_command(self.command, config)
@@ -111,6 +115,7 @@ def register_resolvers() -> None:
         ("effnet_rank_zero", runs.rank_zero_only),
         ("effnet_slurm_gpus", cluster.gpus_per_node),
         ("effnet_slurm_cpus", cluster.cpus_per_task),
+        ("effnet_options", options_resolver),  # --help's list of keys (conf/hydra/help/*.yaml)
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -158,6 +163,8 @@ def train_task(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if multirun:  # each job's own options: on_multirun_start checked against all swept ones
+            check_surface(cfg, "train", hydra_cfg)
         validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
         from effnet.training.run import run  # the heavy imports start here
 

@@ -1,7 +1,8 @@
 """Check every value of a composed config before anything is created or imported.
 
-Hydra already rejects unknown groups, options and keys; this catches the values: ranges, types,
-choices and paths, for train.py (`validate`) and for eval.py, predict.py and export.py
+Hydra already rejects unknown groups and options, and keys set without `+`; effnet.cli.schema
+refuses a key added with `+` that nothing reads. This catches the values: ranges, types, choices
+and paths, for train.py (`validate`) and for eval.py, predict.py and export.py
 (`validate_command`). Each problem is a UserError naming the key, the value and what is accepted.
 Imports no torch: the Hydra callback runs this before the run folder exists.
 """
