@@ -58,11 +58,10 @@ def test_cli_rejects_with_one_line_fast_and_writes_nothing(args, message, flat_f
     assert elapsed < 5, f"took {elapsed:.1f}s"
 
 
-def test_help_is_fast_and_lists_the_groups(tmp_path):
-    started = time.perf_counter()
+def test_help_lists_the_groups(tmp_path):
+    """Fast by construction (no torch import: test_the_command_line_path_imports_no_torch), not by a clock."""
     result = run_train(["--help"], cwd=tmp_path)
     assert result.returncode == 0
-    assert time.perf_counter() - started < 5
     for group in ("preset: cloud, edge, large, medium, mobile, small, xlarge", "gpu: 16gb", "model: b0, b1"):
         assert group in result.stdout
     assert list(Path(tmp_path).iterdir()) == []

@@ -84,8 +84,8 @@ UNKNOWN = [
     ),
     (
         "train",
-        ["data=demo", "+gpu.b0_batch=8"],
-        "+gpu.b0_batch=8: no such key; nearest: gpu.tiers.cpu.b0_batch",
+        ["data=demo", "+gpu.usable_fractoin=0.8"],
+        "+gpu.usable_fractoin=0.8: no such key; nearest: gpu.usable_fraction",
     ),
     ("train", ["data=demo", "+augment.heavy.mixupp=0.2"], "no such key; nearest: augment.heavy.mixup"),
     (

@@ -143,7 +143,7 @@ def key_set(cfg: DictConfig) -> set[str]:
 
 def settable(key: str) -> bool:
     """Whether the command line can name `key`: Hydra's override grammar has no key part that
-    starts with a digit (gpu.tiers.8gb.b0_batch is set in conf/gpu/8gb.yaml, not on the line)."""
+    starts with a digit (gpu.tiers.8gb.memory_gb is set in conf/gpu/8gb.yaml, not on the line)."""
     return not any(part[:1].isdigit() for part in key.split("."))
 
 
