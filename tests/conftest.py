@@ -4,6 +4,7 @@ session for the eval, predict and export tests. No network, no downloads."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,55 @@ from tests.helpers import TINY, compose_cfg, make_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+# The versions the header records: what decides whether the suite's result carries to another machine.
+HEADER_PACKAGES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "optuna")
+
+
+def pytest_report_header(config) -> list[str]:
+    """One line of versions and whether the environment matches requirements.lock (`make` installs it)."""
+    from importlib import metadata
+
+    from scripts import lock
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    pins = lock.read_pins()
+    drift = sorted(f"{n} {v} (lock {pins[n]})" for n in pins if (v := version(n)) and v != pins[n])
+    state = (
+        f"matches requirements.lock ({len(pins)} pins)"
+        if not drift
+        else f"{len(drift)} differ: " + ", ".join(drift)
+    )
+    versions = ", ".join(f"{n} {version(n)}" for n in HEADER_PACKAGES)
+    return [f"effnet versions: python {platform.python_version()}, {versions}; lock: {state}"]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "gpu: needs a CUDA device; skipped without one (scripts/gpu-check.sh runs them on a GPU)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "slow: runs whole programs for a minute or more; part of the suite, -m 'not slow' leaves it out",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests skip where torch sees no CUDA device (the CI machine, a laptop)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs it on a GPU machine)")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -165,7 +165,7 @@ class WarmEntry:
     """`run(script, args, cwd)` runs train.py/eval.py/predict.py/export.py as `python script args`
     would (`script` "-m name": as `python -m name args`), in a process forked from an interpreter
     that has already imported effnet.cli.app (and the `preload` modules: then `heavy` says nothing
-    about the case). Its effnet is this checkout's, as for run_train."""
+    about the case)."""
 
     def __init__(self, scratch: Path, preload: tuple[str, ...] = ()) -> None:
         self.scratch = scratch
@@ -175,7 +175,7 @@ class WarmEntry:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()},  # this checkout's src
         )
 
     def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:

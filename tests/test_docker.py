@@ -25,6 +25,8 @@ PYPROJECT = ROOT / "pyproject.toml"
 sys.path.insert(0, str(ROOT / "docker"))
 from pyproject_deps import requirements  # noqa: E402
 
+from scripts import lock  # noqa: E402
+
 
 def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) per Dockerfile instruction: continuations joined, comments dropped."""
@@ -95,9 +97,11 @@ def test_image_installs_from_this_pyproject_dependencies_before_source():
     assert first_copy[1].split()[0] == "pyproject.toml", (
         "the first COPY brings pyproject.toml alone (+ helper)"
     )
-    assert all("requirements" not in a for _, a in copies), "no hand-written requirements file is copied in"
+    assert all("requirements.txt" not in a for _, a in copies), (
+        "no hand-written requirements file is copied in"
+    )
     deps = [(i, a) for i, a in runs if "pyproject_deps.py" in a]
-    assert len(deps) == 1 and '"$EXTRAS"' in deps[0][1] and "pip install -r" in deps[0][1], deps
+    assert len(deps) == 1 and '"$EXTRAS"' in deps[0][1] and re.search(r"pip install .*-r ", deps[0][1]), deps
     source = [i for i, a in copies if a.split()[0] == "."]
     assert len(source) == 1 and source[0] > deps[0][0], "COPY . . comes after the dependency layer"
     final = [a for i, a in runs if i > source[0] and "pip install" in a]
@@ -127,17 +131,48 @@ def test_image_runs_train_as_a_non_root_user_with_volumes():
             )
 
 
-def test_base_image_cuda_matches_the_torch_wheel():
+def locked_cuda() -> str:
+    """The CUDA (major.minor) of the locked torch wheel: its nvidia-cuda-runtime pin."""
+    pins = lock.read_pins()
+    runtime = [
+        v for n, v in pins.items() if n == "nvidia-cuda-runtime" or n.startswith("nvidia-cuda-runtime-cu")
+    ]
+    assert len(runtime) == 1, (
+        f"requirements.lock should pin one nvidia-cuda-runtime (the CUDA of torch), got {runtime}"
+    )
+    return ".".join(runtime[0].split(".")[:2])
+
+
+def test_base_image_cuda_is_the_locked_torchs():
+    """Checked against the lock, not against whatever torch this machine happened to resolve."""
     frm = [a for k, a in instructions() if k == "FROM"]
     m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(?:cudnn-)?runtime-ubuntu\d+\.\d+", frm[0])
     assert m, f"expected a pinned nvidia/cuda:X.Y.Z-runtime-ubuntuNN.NN base, got {frm[0]}"
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip(f"torch {torch.__version__} here is a CPU build; PyPI's Linux wheel is a CUDA build")
-    assert f"{m.group(1)}.{m.group(2)}" == torch.version.cuda, (
-        f"base image CUDA {m.group(1)}.{m.group(2)} but pip's torch {torch.__version__} is built for "
-        f"CUDA {torch.version.cuda}: change the FROM tag"
+    torch = lock.read_pins()["torch"]
+    assert f"{m.group(1)}.{m.group(2)}" == locked_cuda(), (
+        f"base image CUDA {m.group(1)}.{m.group(2)} but requirements.lock's torch {torch} is built for "
+        f"CUDA {locked_cuda()}: change the FROM tag"
     )
+
+
+def test_image_installs_the_locked_versions():
+    steps = instructions()
+    first_copy = next(a for k, a in steps if k == "COPY").split()
+    assert "requirements.lock" in first_copy[:-1], "the dependency layer copies requirements.lock in"
+    deps = [a for k, a in steps if k == "RUN" and re.search(r"pip install .*-r ", a)]
+    assert len(deps) == 1 and "-c requirements.lock" in deps[0], (
+        f"the dependencies are installed with the lock as constraints (`pip install -c requirements.lock "
+        f"-r ...`): {deps}"
+    )
+
+
+def test_the_image_user_does_not_clash_with_the_base_images_own():
+    """ubuntu24.04 images already have uid 1000 (`ubuntu`): a plain `useradd --uid 1000` fails the build."""
+    runs = " ".join(a for k, a in instructions() if k == "RUN")
+    for add in re.finditer(r"(\S+)\s*\|\|\s*useradd\b|(?<!\|\| )useradd\b", runs):
+        assert add.group(1), "useradd runs only when the uid is missing: `getent passwd 1000 || useradd ...`"
+    user = [a for k, a in instructions() if k == "USER"][-1]
+    assert user.split(":")[0] == "1000", f"the image runs as uid 1000 (the one created or found), not {user}"
 
 
 def test_compose_gives_gpus_shared_memory_and_volumes():
@@ -172,3 +207,37 @@ def test_hadolint_finds_nothing():
     assert findings == [], "\n".join(
         f"line {f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings
     )
+
+
+def container_engine() -> str | None:
+    """docker or podman, when one answers (a client alone, without its engine, does not count)."""
+    for exe in ("docker", "podman"):
+        if shutil.which(exe):
+            ok = subprocess.run([exe, "info"], capture_output=True, timeout=30, check=False).returncode == 0
+            if ok:
+                return exe
+    return None
+
+
+@pytest.mark.timeout(3600)
+def test_the_image_builds_and_trains_the_demo():
+    engine = container_engine()
+    if engine is None:
+        pytest.skip("no Docker or Podman engine answers here (`docker info` fails): the image is not built")
+    tag = "effnet-test:latest"
+    build = subprocess.run(
+        [engine, "build", "-f", str(DOCKERFILE), "-t", tag, str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    train = subprocess.run(
+        [engine, "run", "--rm", "--init", tag, "data=demo", "epochs=1", "trainer.accelerator=cpu"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "best" in train.stdout + train.stderr
