@@ -130,8 +130,8 @@ RULES = (
              "on the CPU and prints it"),
     Rule(r"train\.py .*sweep=grid", "python", "swept", add=SMALL_ANY_MODEL, jobs=8,
          why="all 8 jobs of conf/sweep/grid.yaml, small (model is one of its knobs)"),
-    Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=2"), jobs=2,
-         why="2 trials, small (model and batch size fixed, a syntax the README shows)"),
+    Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=1"), jobs=1,
+         why="the search with one small trial (model and batch size fixed, a syntax the README shows)"),
     Rule(r"train\.py .*-m\b", "python", "swept", add=SMALL, why="every job of the sweep, small"),
     Rule(r"train\.py", "python", "trained", add=SMALL, why="a real run, small"),
     Rule(r"eval\.py", "python", "evaluated", add=("num_workers=0",), setup=("run",), why="of the shared run"),
@@ -144,7 +144,15 @@ RULES = (
 # fmt: on
 
 # Modules the warm interpreter imports once; each command then runs in a fork of it.
-PRELOAD = ("torch", "lightning", "timm", "effnet.training.run", "matplotlib.pyplot", "onnxruntime")
+PRELOAD = (
+    "torch",
+    "lightning",
+    "timm",
+    "effnet.training.run",
+    "matplotlib.pyplot",
+    "effnet.deploy.export",
+    "optuna",
+)
 
 # ================================================================================================
 # Checks: what a command must have done.
