@@ -534,7 +534,7 @@ def load_data(cfg: DictConfig, run_dir: Path | None, given=None):
     if split is None:
         split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
     else:
-        split = folders.without(split, report.bad_files | gone_from_split(split, cfg.data.root))
+        split = folders.without(split, set(report.bad_files) | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
     return split, report

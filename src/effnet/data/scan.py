@@ -62,9 +62,10 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def bad_files(self) -> set[str]:
-        """Image files that cannot be used (not folders, not files that are no image by name)."""
-        return {p["file"] for p in self.problems if folders.is_image(p["file"])}
+    def bad_files(self) -> dict[str, str]:
+        """Image files that cannot be used (not folders, not files that are no image by name),
+        each with why: what a folder of nothing but corrupt files is reported with."""
+        return {p["file"]: p["reason"] for p in self.problems if folders.is_image(p["file"])}
 
 
 EMPTY_CLASS = "empty class folder: no usable images"
@@ -170,9 +171,18 @@ def scan_folder(
         report.exif_rotated += check.rotated
         if check.mode != "RGB":
             modes[check.mode] += 1
+    training = next(iter(found.classes), None)  # folders.layout_folders: the training folder first
     for class_folder, paths in class_images.items():
-        if not any(checks[p].reason is None for p in paths):
-            report.problems.append({"file": f"{class_folder}{os.sep}", "reason": EMPTY_CLASS})
+        if any(checks[p].reason is None for p in paths):
+            continue
+        if paths:  # corrupt data is not missing data: say what was there and why none of it counts
+            first = paths[0]
+            detail = f"none of its {len(paths)} image file(s) is usable, e.g. {Path(first).name}: {checks[first].reason}"
+        else:
+            detail = "it holds no image files"
+        report.problems.append({"file": f"{class_folder}{os.sep}", "reason": f"{EMPTY_CLASS} ({detail})"})
+        if class_folder.parent == training:
+            report.warnings.append(f"class {class_folder.name} left out: {detail}")
     report.problems.sort(key=lambda p: p["file"])
     report.converted_to_rgb = dict(sorted(modes.items()))
     report.seconds = round(time.perf_counter() - started, 2)
