@@ -93,6 +93,8 @@ def one_line(exc: BaseException) -> str | None:
         MissingMandatoryValue,
     )
 
+    from effnet.diskspace import NoSpace
+
     for err in _chain(exc):
         if isinstance(err, UserError | RankFailed):
             return str(err)
@@ -110,4 +112,5 @@ def one_line(exc: BaseException) -> str | None:
             return f"{err.full_key or 'a value'}: cannot resolve its ${{...}} interpolation: {reason}"
         if isinstance(err, OverrideParseException | ConfigCompositionException):
             return " ".join(str(err).split())
-    return None
+    full = NoSpace.of(exc)  # a write that failed for want of space (ENOSPC, EDQUOT, EROFS), wherever it was
+    return None if full is None else str(full)

@@ -17,6 +17,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from effnet import diskspace
+
 
 def temporary(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -25,8 +27,9 @@ def temporary(path: Path) -> Path:
 def write_text(path: Path, text: str) -> Path:
     path = Path(path)
     tmp = temporary(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    with diskspace.writing(path, needed=len(text.encode()), remove=[tmp]):  # no .tmp left on a full disk
+        tmp.write_text(text)
+        tmp.replace(path)
     return path
 
 

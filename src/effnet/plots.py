@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effnet import diskspace
 from effnet.files import temporary
 
 # Cell numbers stop being readable past this many classes; the colours still are.
@@ -96,10 +97,11 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary(path)
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
+    with diskspace.writing(path, "the figure", remove=[tmp]):  # no half PNG left on a full disk
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
     return path
 
 

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from effnet import files
+from effnet import diskspace, files
 from effnet.checkpoints import find, read
 from effnet.data import folders
 from effnet.deploy import bundle
@@ -384,12 +384,18 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     staging = None
     try:
         with stop_signals():
+            module = read.load_module(ckpt)
+            weights = sum(p.numel() * p.element_size() for p in module.parameters())
             try:
                 staging = files.staging_folder(out)
             except OSError as exc:  # e.g. a read-only place the checks before the run could not tell
+                if diskspace.no_space(exc, out) is not None:
+                    raise diskspace.NoSpace("the export bundle", out, diskspace.no_space(exc, out)) from exc
                 raise UserError(f"out={cfg.out or out}: cannot be written ({exc.strerror})") from exc
-            info = build(cfg, ckpt, out, staging, command)
-            files.replace_folder(staging, out)
+            needed = int(weights * (1.25 if cfg.quantize == "int8" else 1)) + (1 << 20)  # + labels, card
+            with diskspace.writing(out, "the export bundle", needed, what_is_kept(out), remove=[staging]):
+                info = build(cfg, ckpt, module, out, staging, command)
+                files.replace_folder(staging, out)
             staging = None
     except Stopped as stopped:
         print(
@@ -406,9 +412,8 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     return info
 
 
-def build(cfg: DictConfig, ckpt: Path, out: Path, staging: Path, command: str) -> dict:
+def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command: str) -> dict:
     """Write, load back, verify and measure the bundle in `staging`; `out` is where it will live."""
-    module = read.load_module(ckpt)
     net, prep = bundle.deployable(module), module.preprocessing
     classes = list(module.spec.classes)
     train, (val, source) = export_images(cfg, ckpt, classes)

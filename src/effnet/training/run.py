@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from effnet import cluster, runfolder, runs
+from effnet import cluster, diskspace, runfolder, runs
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, scan
@@ -214,6 +214,9 @@ def fit(
         )
     except Exception as exc:
         ranks.raise_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc, timeout_s)
+        full = diskspace.NoSpace.of(exc)
+        if full is not None:  # a checkpoint, a plot, the metrics, the data cache: the disk is full
+            raise full.keeping(kept_checkpoint(run_dir)) from exc
         raise
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
@@ -222,6 +225,17 @@ def fit(
         interrupts.exit_interrupted(
             stop, trainer, run_dir, resume.resume_epoch(resume_from) if resume_from else 0
         )
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run that failed to write keeps, and how to go on once there is room."""
+    last = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
+    if last is None:
+        return "no checkpoint had been written yet: free some space and start the run again"
+    return (
+        f"the last good checkpoint is kept ({last}, resuming at the start of epoch "
+        f"{resume.resume_epoch(last) + 1}): free some space, then resume with: {interrupts.resume_command(run_dir)}"
+    )
 
 
 def print_summary(summary: dict) -> None:
