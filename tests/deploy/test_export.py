@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -279,3 +280,32 @@ def test_replace_folder_swaps_whole_folders(tmp_path, monkeypatch):
     stale = tmp_path / ".bundle.staging-999999999"  # a pid that cannot be alive: a killed export's
     stale.mkdir()
     assert files.staging_folder(target).name == f".bundle.staging-{os.getpid()}" and not stale.exists()
+
+
+def test_an_export_that_does_not_fit_keeps_the_previous_bundle(trained_run, onnx_bundle, small_disk):
+    """A real full disk under the staging folder: one line, the old bundle as it was, no staging left."""
+    from effnet.diskspace import NoSpace
+
+    size = sum(p.stat().st_size for p in onnx_bundle.iterdir())
+    disk = small_disk(size + 2 * (1 << 20))  # the bundle, and not another model beside it
+    out = disk / "onnx"
+    shutil.copytree(onnx_bundle, out)
+    before = _snapshot(out)
+    cfg = [
+        f"ckpt={trained_run}",
+        f"out={out}",
+        "exporter=torchscript",
+        "bench.enabled=false",
+        "num_workers=0",
+    ]
+    with pytest.raises(NoSpace) as raised:
+        export.run(compose_cfg(cfg, config_name="export"))
+    assert str(raised.value).startswith(
+        f"could not write the export bundle {out}: no space left on device ({disk} has "
+    )
+    exported_at = export_info(onnx_bundle)["exported_at"]
+    assert re.search(
+        rf"free, it needs ~\d+\.\d MB\); the previous bundle in {out} \(exported {exported_at}\) is kept as it was$",
+        str(raised.value),
+    ), str(raised.value)
+    assert _snapshot(out) == before and _staging_left(out) == []
