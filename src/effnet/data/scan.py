@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from effnet.data import folders
+from effnet.data import folders, pixels
 from effnet.errors import UserError
 from effnet.files import write_json
 
@@ -77,12 +76,10 @@ def check_image(path: str, max_pixels: int) -> FileCheck:
         if os.path.getsize(path) == 0:
             return FileCheck("empty file (0 bytes)")
         with Image.open(path) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                return FileCheck(
-                    f"too many pixels: {width}x{height} = {width * height:,} > data.max_image_pixels="
-                    f"{max_pixels:,} (decompression bomb?)"
-                )
+            try:
+                pixels.check(img, max_pixels)
+            except pixels.TooManyPixels as exc:
+                return FileCheck(str(exc))
             mode = img.mode
             rotated = img.getexif().get(0x0112, 1) not in (0, 1)
             img.draft("RGB", (64, 64))  # JPEG: decode every block, at 1/8 scale
@@ -142,8 +139,6 @@ def scan_folder(
 ) -> DataReport:
     """Check every file under the class folders of `root` (both layouts)."""
     started = time.perf_counter()
-    # above Image.MAX_IMAGE_PIXELS Pillow warns on open; the refusal below says it better
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     report = DataReport(root=str(root))
     images, class_images = [], {}
     found = folders.walk(root)

@@ -16,12 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from effnet import cluster, diskspace, runfolder, runs
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
-from effnet.data import folders, scan
+from effnet.data import folders, pixels, scan
 from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
 from effnet.files import write_json
@@ -121,7 +120,7 @@ def train(
     checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
     if checkpoint is not None:
         runfolder.check_checkpoint(cfg, run_dir, checkpoint)
-    Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
+    pixels.set_limit(cfg.data.max_image_pixels)  # the loaders' guard, at the scan's limit
     resumed = str(checkpoint) if checkpoint else None
     plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
     if runs.global_rank() == 0:
