@@ -6,7 +6,7 @@ import pytest
 from effnet import plan
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, make_images
 
 IMAGENET = Preprocessing(224, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CPU = plan.Device(cuda=False, per_node=1, cores=2)
@@ -198,3 +198,37 @@ def test_a_pretrained_backbone_gets_the_lower_lr_and_a_resume_keeps_its_own():
     assert build(["optimizer.backbone_lr_scale=1.0"]).optimisation.backbone_lr_scale == 1.0
     p = build([], resume="x/last.ckpt", resumed_lr_scale=1.0)  # a checkpoint from before the scale
     assert p.optimisation.backbone_lr_scale == 1.0
+
+
+def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplog):
+    """A class with one image has no validation image, a batch larger than the training set is
+    shrunk: both are plan rows (dry run) and warnings in the run's log."""
+    import logging
+
+    from effnet.training.run import prepare_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    root = make_images(tmp_path / "data", {"ant": 6, "bee": 6, "moth": 1})
+    cfg = compose_cfg(
+        [f"data.root={root}", "trainer.accelerator=cpu", "model.pretrained=false", "batch_size=64"]
+    )
+    resolved, split, report = plan.resolve(cfg)
+    assert (resolved.data.train, resolved.recipe.batch_size, resolved.batches.micro_batch) == (11, 11, 11)
+    adjusted = [
+        "class moth has a single image: it is used for training, so no validation image is held out for it "
+        "and its accuracy is not measured; add images to it",
+        "batch_size=64 is larger than the 11 training images: shrunk to 11 (one optimizer step per epoch)",
+    ]
+    assert set(adjusted) <= {value for key, value in plan.rows(resolved) if key == "warning"}
+    (tmp_path / "run").mkdir()
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        prepare_run_dir(tmp_path / "run", resolved, split, report, cfg)
+    assert all(line in caplog.text for line in adjusted)
+
+    make_images(tmp_path / "layout" / "train", {"ant": 4, "bee": 4})
+    make_images(tmp_path / "layout" / "val", {"ant": 2})
+    layout, _, _ = plan.resolve(compose_cfg([f"data.root={tmp_path / 'layout'}", "trainer.accelerator=cpu"]))
+    assert (
+        "class bee has no validation image (none in the validation folder): its accuracy is not measured"
+        in layout.warnings
+    )

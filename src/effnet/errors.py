@@ -6,10 +6,13 @@ fix. Everything that is not recognised here is a real bug and keeps its tracebac
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 # The user's own HYDRA_FULL_ERROR, kept here because effnet sets Hydra's to 1 (to see exceptions
@@ -59,6 +62,32 @@ def keep_full_error_choice() -> None:
 
 def wants_traceback() -> bool:
     return os.environ.get(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """Hold back the warnings raised inside (torch's about a pickle, Pillow's about a file,
+    Lightning's about a setting) so that none precedes effnet's own line. They are shown when the
+    block succeeds, or before a bug's traceback (or with HYDRA_FULL_ERROR=1), and dropped when it
+    ends in a mistake the user can fix: then the one line says what matters. For the checks and
+    setup before a command's real work, not for hours of training."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    except Exception as exc:
+        if one_line(exc) is None or wants_traceback():
+            _replay(caught)
+        raise
+    except BaseException:
+        _replay(caught)
+        raise
+    _replay(caught)
+
+
+def _replay(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
 def exit_for(exc: BaseException, bugs_exit: bool = False) -> NoReturn:

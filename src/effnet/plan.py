@@ -18,7 +18,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,18 @@ def choose_tier(cfg: DictConfig, device: Device) -> tuple[str, int | None, list[
     return name, cfg.gpu.tiers[name].b0_batch, []
 
 
+def fit_batch_to_data(recipe: recipes.Recipe, train: int, world: int) -> tuple[recipes.Recipe, list[str]]:
+    """A batch larger than the training set is shrunk to it (a multiple of the devices): the
+    loader could only ever fill it partly, and accumulation would never reach the planned steps."""
+    if not train or recipe.batch_size <= train:
+        return recipe, []
+    shrunk = max(world, train // world * world)
+    return replace(recipe, batch_size=shrunk), [
+        f"batch_size={recipe.batch_size} is larger than the {train} training images: shrunk to {shrunk} "
+        "(one optimizer step per epoch)"
+    ]
+
+
 def class_weights(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[float, ...]:
     """n / (k * count): 1 for every class of a balanced set, larger for rare classes."""
     total = sum(counts.get(c, 0) for c in classes)
@@ -307,6 +319,8 @@ def build(
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
     tier, b0_batch, warnings = choose_tier(cfg, device)
+    recipe, shrunk = fit_batch_to_data(recipe, data.train, devices * num_nodes)
+    warnings += shrunk
     try:
         batches = recipes.plan_batches(
             recipe.batch_size,
@@ -536,6 +550,7 @@ def load_data(cfg: DictConfig, run_dir: Path | None, given=None):
     else:
         split = folders.without(split, set(report.bad_files) | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
+    scan.describe_validation(report, split)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
     return split, report
 

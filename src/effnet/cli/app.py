@@ -23,7 +23,15 @@ from effnet import cluster, runfolder, runs, sweeps
 from effnet.checkpoints.find import locate
 from effnet.cli import argv
 from effnet.cli.validate import validate, validate_command, validate_launcher
-from effnet.errors import RankFailed, UserError, exit_for, exit_with, keep_full_error_choice, one_line
+from effnet.errors import (
+    RankFailed,
+    UserError,
+    exit_for,
+    exit_with,
+    held_warnings,
+    keep_full_error_choice,
+    one_line,
+)
 
 log = logging.getLogger("effnet")
 
@@ -45,9 +53,10 @@ class ValidateBeforeRun(Callback):
         if self.command == "train" and config.get("dry_run"):
             dry_run(config)
         try:
-            if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
-                cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
-            claim_run_folder(self.command, config)
+            with held_warnings():  # a checkpoint's torch warning must not precede the line refusing it
+                if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
+                    cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
+                claim_run_folder(self.command, config)
         except Exception as exc:
             exit_for(exc, bugs_exit=True)
 
@@ -97,7 +106,8 @@ def dry_run(config: DictConfig) -> NoReturn:
     try:
         from effnet.plan import print_plan, resolve
 
-        plan, _, _ = resolve(config)
+        with held_warnings():
+            plan, _, _ = resolve(config)
     except Exception as exc:
         exit_for(exc, bugs_exit=True)
     print_plan(plan)

@@ -184,6 +184,25 @@ def scan_folder(
     return report
 
 
+def describe_validation(report: DataReport, split: folders.Split) -> None:
+    """Warn about every class validation cannot score: one image in all (it trains on it, so it
+    is held out of nothing), or none in a val/ folder."""
+    train = folders.class_counts(split.train, split.classes)
+    val = folders.class_counts(split.val, split.classes)
+    for name in split.classes:
+        if val[name]:
+            continue
+        if split.held_out and train[name] == 1:
+            report.warnings.append(
+                f"class {name} has a single image: it is used for training, so no validation image is "
+                "held out for it and its accuracy is not measured; add images to it"
+            )
+        else:
+            report.warnings.append(
+                f"class {name} has no validation image (none in the validation folder): its accuracy is not measured"
+            )
+
+
 def describe_balance(report: DataReport, counts: dict[str, int], balance: str, min_images: int) -> None:
     """Record the training images per class, the imbalance ratio and the warnings that follow."""
     report.class_counts = counts

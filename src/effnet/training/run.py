@@ -23,6 +23,7 @@ from effnet.checkpoints import find, resume, write
 from effnet.data import folders, pixels, scan
 from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
+from effnet.errors import held_warnings
 from effnet.files import write_json
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
@@ -72,6 +73,9 @@ def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split,
     runfolder.record(run_dir, runfolder.identity_of(plan))
     write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
     scan.log_report(report, cfg.data.on_bad_image)
+    for warning in plan.warnings:  # what the plan adjusted (a shrunk batch, a tier): the log says it too
+        if warning not in report.warnings:  # the data's own were logged with the scan
+            log.warning(warning)
     (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
 
 
@@ -118,15 +122,18 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
-    if checkpoint is not None:
-        runfolder.check_checkpoint(cfg, run_dir, checkpoint)
-    pixels.set_limit(cfg.data.max_image_pixels)  # the loaders' guard, at the scan's limit
-    resumed = str(checkpoint) if checkpoint else None
-    plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
-    if runs.global_rank() == 0:
-        prepare_run_dir(run_dir, plan, split, report, cfg)
-    torch.set_num_threads(plan.loading.threads)
-    module = ClassifierModule(**plan.module_args(), init=plan.init)
+    # the setup reads the user's files (checkpoint, images, weights): a torch or Pillow warning
+    # about one must not precede the line that refuses it
+    with held_warnings():
+        if checkpoint is not None:
+            runfolder.check_checkpoint(cfg, run_dir, checkpoint)
+        pixels.set_limit(cfg.data.max_image_pixels)  # the loaders' guard, at the scan's limit
+        resumed = str(checkpoint) if checkpoint else None
+        plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
+        if runs.global_rank() == 0:
+            prepare_run_dir(run_dir, plan, split, report, cfg)
+        torch.set_num_threads(plan.loading.threads)
+        module = ClassifierModule(**plan.module_args(), init=plan.init)
     setup = {**plan.summary(), "parameters": sum(p.numel() for p in module.net.parameters())}
     log.info(
         "recipe: %s", ", ".join(f"{k}={v}" for k, v in setup.items() if k not in ("classes", "preprocessing"))
