@@ -1,6 +1,8 @@
 """The run plan: every value a run uses, resolved once. `build` is pure: these tests give it a
 config, the data facts and a device, and check what it decides (no torch, no folder scan)."""
 
+import re
+
 import pytest
 
 from effnet import plan
@@ -232,3 +234,35 @@ def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplo
         "class bee has no validation image (none in the validation folder): its accuracy is not measured"
         in layout.warnings
     )
+
+
+def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
+    flat_folder, tmp_path, monkeypatch
+):
+    from effnet import recipes
+    from effnet.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    base = [
+        f"data.root={flat_folder}",
+        "trainer.accelerator=cpu",
+        "model.pretrained=false",
+        "data.cache=none",
+    ]
+    resolved, _, _ = plan.resolve(compose_cfg(base))
+    micro = resolved.batches.micro_batch
+    params = plan.count_parameters("efficientnet_b0")
+    assert 3_500_000 < params < 4_500_000  # B0's backbone, counted without allocating it
+    assert resolved.step_memory == recipes.cpu_step_bytes(params, 224, micro, 1.0)
+    assert dict(plan.rows(resolved))["memory"] == (
+        f"~{resolved.step_memory / 1e9:.1f} GB of RAM per training step (micro-batch {micro} at 224 px); "
+        f"{resolved.ram_available / 1e9:.1f} GB available"
+    )
+    with pytest.raises(UserError) as raised:  # 8 TB a step: too big for any machine this runs on
+        plan.resolve(compose_cfg([*base, "image_size=65536"]))
+    assert re.fullmatch(
+        r"image_size=65536: a training step on the CPU needs ~\d+\.\d GB of RAM even at micro-batch 1, more than "
+        r"the \d+\.\d GB a run may take \(85% of the \d+\.\d GB available\); image_size=\d+ or smaller fits "
+        r"\(or train on a GPU, or free memory\)",
+        str(raised.value),
+    ), str(raised.value)

@@ -1,4 +1,5 @@
 import functools
+import re
 
 import pytest
 
@@ -194,3 +195,68 @@ def test_the_store_estimate_follows_the_decode_rules():
 def test_a_pretrained_backbone_trains_at_a_share_of_the_lr():
     assert recipes.backbone_lr_scale(0.4, pretrained=True) == 0.4
     assert recipes.backbone_lr_scale(0.4, pretrained=False) == 1.0
+
+
+# RAM of a training step on the CPU
+
+
+def test_cpu_memory_lowers_the_micro_batch_or_names_the_size_that_fits():
+    gb, params = 10**9, 4_000_000  # about B0's
+    batches = recipes.plan_batches(32, 1, b0_batch=None, memory_factor=1.0, image_size=224)
+    same, need, notes = recipes.fit_cpu_memory(batches, params, 224, 1.0, 1, 64 * gb)
+    assert same == batches and notes == [] and need == recipes.cpu_step_bytes(params, 224, 32, 1.0)
+    assert 4 * gb < need < 6 * gb  # 1.1 GB of runtime, 64 MB of fp32 state, ~3.9 GB of activations
+
+    lowered, need, (note,) = recipes.fit_cpu_memory(batches, params, 1024, 1.0, 1, 20 * gb)
+    assert (lowered.micro_batch, lowered.accumulate) == (4, 8) and need <= 0.85 * 20 * gb
+    assert recipes.cpu_step_bytes(params, 1024, 8, 1.0) > 0.85 * 20 * gb  # the next divisor up does not fit
+    assert note.startswith(
+        "micro-batch lowered from 32 to 4 (accumulating 8) so that a training step fits in RAM"
+    )
+
+    with pytest.raises(ValueError) as raised:
+        recipes.fit_cpu_memory(batches, params, 8192, 1.0, 1, 20 * gb)
+    fits = int(re.search(r"image_size=(\d+) or smaller fits", str(raised.value)).group(1))
+    assert str(raised.value).startswith(
+        f"image_size=8192: a training step on the CPU needs ~{recipes.cpu_step_bytes(params, 8192, 1, 1.0) / gb:.1f} GB "
+        "of RAM even at micro-batch 1, more than "
+        "the 17.0 GB a run may take (85% of the 20.0 GB available)"
+    )
+    assert (
+        recipes.cpu_step_bytes(params, fits, 1, 1.0)
+        <= 17 * gb
+        < recipes.cpu_step_bytes(params, fits + 32, 1, 1.0)
+    )
+    assert fits % 32 == 0
+    two = recipes.fit_cpu_memory(batches, params, 224, 1.0, 2, 64 * gb)[1]  # two processes, twice the RAM
+    assert two == 2 * recipes.cpu_step_bytes(params, 224, 32, 1.0)
+
+
+MEASURE = r"""
+import resource, sys, timm, torch
+torch.set_num_threads(1)
+model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3)
+opt = torch.optim.AdamW(model.parameters())
+for size in map(int, sys.argv[1:]):
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(p.numel() for p in model.parameters()))
+"""
+
+
+def test_the_cpu_estimate_holds_for_a_real_step():
+    """One real B0 training step at two sizes in a fresh process: the peak RAM is within the
+    prediction, and the prediction's growth with the pixels is the measured one, within 30%."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, "192", "320"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
+    (small, params), (large, _) = [(int(out[i]), int(out[i + 1])) for i in (0, 2)]
+    predicted = {s: recipes.cpu_step_bytes(params, s, 2, 1.0) for s in (192, 320)}
+    assert 0.6 * predicted[320] < large <= predicted[320], (large, predicted)
+    growth, predicted_growth = large - small, predicted[320] - predicted[192]
+    assert 0.7 < growth / predicted_growth < 1.3, (growth, predicted_growth)

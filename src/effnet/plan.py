@@ -46,6 +46,7 @@ class Device:
     name: str = "cpu"
     cores: int = 1
     memory_available: int | None = None  # host RAM free for a data.cache store, in bytes
+    ram_available: int | None = None  # host RAM free for the training step itself (MemAvailable)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class RunPlan:
     trainer: Mapping[str, Any]  # lightning.Trainer arguments
     command: str
     warnings: tuple[str, ...] = ()
+    step_memory: int | None = None  # predicted peak RAM of a training step (CPU), all processes
+    ram_available: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -311,10 +314,11 @@ def build(
     preset: str | None = None,
     argv: Sequence[str] | None = None,
     resumed_lr_scale: float | None = None,
+    parameters: int | None = None,
 ) -> RunPlan:
     """Resolve every value of the run. Raises UserError for a combination that cannot run.
     `resumed_lr_scale`: the backbone lr scale the resumed checkpoint's optimizer was built with
-    (its parameter groups must match)."""
+    (its parameter groups must match). `parameters`: the backbone's, for the CPU's memory check."""
     recipe, reason = choose_recipe(cfg, data.train, preset)
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
@@ -361,6 +365,11 @@ def build(
             f"data.cache=ram: the store (~{store_bytes * devices / 1e9:.1f} GB) is more than the "
             f"{device.memory_available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
         )
+    reserved = store_bytes * devices if cache == "ram" else 0  # the RAM data cache lives beside the step
+    batches, step_memory, lowered = cpu_memory(
+        cfg, batches, device, parameters, image_size, devices, reserved
+    )
+    warnings += lowered
     strategy = str(cfg.trainer.strategy)
     if cfg.model.freeze_epochs and strategy == "ddp":
         strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
@@ -441,7 +450,38 @@ def build(
         trainer=trainer,
         command=real_run_command(argv),
         warnings=tuple(warnings) + tuple(data.warnings),
+        step_memory=step_memory,
+        ram_available=device.ram_available,
     )
+
+
+def cpu_memory(
+    cfg: DictConfig,
+    batches: recipes.BatchPlan,
+    device: Device,
+    parameters: int | None,
+    image_size: int,
+    processes: int,
+    reserved: int = 0,
+) -> tuple[recipes.BatchPlan, int | None, list[str]]:
+    """On the CPU: the step's predicted peak RAM (with `reserved` bytes, a RAM data cache, beside
+    it), the micro-batch lowered until it fits the memory available, or one line naming the image
+    size that would fit (recipes.fit_cpu_memory). The GPU's memory is the tiers' business."""
+    if device.cuda or not parameters or not device.ram_available:
+        return batches, None, []
+    try:
+        batches, need, lowered = recipes.fit_cpu_memory(
+            batches,
+            parameters,
+            image_size,
+            float(cfg.model.memory_factor),
+            processes,
+            device.ram_available - reserved,
+            ema=bool(cfg.model.ema),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return batches, need + reserved, lowered
 
 
 def real_run_command(argv: Sequence[str] | None = None) -> str:
@@ -474,17 +514,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory(shm: str = "/dev/shm") -> int | None:
-    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
-    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
-    larger than it would crash the loader with SIGBUS when written)."""
-    memory = None
+def ram_available() -> int | None:
+    """Linux's MemAvailable: RAM a process can take now without swapping (psutil is not a
+    dependency); None elsewhere."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    memory = int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024
     except OSError:
+        return None
+    return None
+
+
+def available_memory(shm: str = "/dev/shm") -> int | None:
+    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
+    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
+    larger than it would crash the loader with SIGBUS when written)."""
+    memory = ram_available()
+    if memory is None:
         return None
     try:
         st = os.statvfs(shm)
@@ -504,6 +552,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             per_node=count_devices(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
+            ram_available=ram_available(),
         )
     import torch
 
@@ -514,6 +563,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             per_node=count_devices(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
+            ram_available=ram_available(),
         )
     props = torch.cuda.get_device_properties(0)
     return Device(
@@ -646,8 +696,22 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
         cli_overrides=cli_overrides,
         preset=preset,
         resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
+        parameters=None if device.cuda else count_parameters(cfg.model.backbone),
     )
     return plan, split, report
+
+
+def count_parameters(backbone: str) -> int | None:
+    """The backbone's parameters, counted on torch's meta device (no memory, no weights)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            net = timm.create_model(backbone, pretrained=False, num_classes=0)
+    except Exception:  # a backbone the meta device cannot build: no prediction, no refusal
+        return None
+    return sum(p.numel() for p in net.parameters())
 
 
 def _saved_lr_scale(checkpoint: str) -> float:
@@ -690,6 +754,18 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
             f"micro-batch {b.micro_batch} x accumulate {b.accumulate} x {plan.world_size} device(s)"
             f" = {r.batch_size}; gpu={plan.tier} ({capacity})"
             + ("; gradient checkpointing" if b.grad_checkpointing else ""),
+        ),
+        *(
+            [
+                (
+                    "memory",
+                    f"~{plan.step_memory / 1e9:.1f} GB of RAM per training step "
+                    f"(micro-batch {b.micro_batch} at {plan.network.image_size} px); "
+                    f"{plan.ram_available / 1e9:.1f} GB available",
+                )
+            ]
+            if plan.step_memory is not None and plan.ram_available
+            else []
         ),
         (
             "device",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The data-size recipes are EfficientNet-B0 recipes: B0's paper dropout is their reference point.
 REFERENCE_DROPOUT = 0.2
@@ -221,3 +221,81 @@ def choose_cache(
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# RAM of a training step on the CPU (the GPU tiers above size the GPU's memory)
+
+# Bytes a fp32 training step keeps per input pixel per image for EfficientNet-B0 (activations saved
+# for the backward pass, their gradients, the allocator's slack), measured once with timm's
+# efficientnet_b0 and AdamW on a CPU (torch 2.x): peak RSS grew ~2.2-2.45 kB per pixel-image
+# between 128 px x 2 and 384 px x 4 images; the upper end is taken. Other backbones scale it by
+# their model.memory_factor, as the GPU tiers do (mobilenetv3_small measured 0.17x; its factor,
+# 0.3, errs high).
+B0_CPU_BYTES_PER_PIXEL = 2450
+STATE_COPIES = 4  # weights, gradients and AdamW's two moments, fp32 each (+1 with an EMA)
+# torch, timm and the model: ~1.0 GB of RSS before the first step, measured with the above
+RUNTIME_BYTES = 1_100_000_000
+RAM_SHARE = 0.85  # of the RAM available, what a run plans to take: the machine keeps the rest
+
+
+def cpu_step_bytes(
+    parameters: int, image_size: int, micro_batch: int, memory_factor: float, ema: bool = False
+) -> int:
+    """Peak RAM of one training step of one process on the CPU: the runtime, the parameters'
+    fp32 copies, and the activations of `micro_batch` images."""
+    state = parameters * 4 * (STATE_COPIES + (1 if ema else 0))
+    activations = B0_CPU_BYTES_PER_PIXEL * memory_factor * image_size**2 * micro_batch
+    return int(RUNTIME_BYTES + state + activations)
+
+
+def largest_cpu_image(parameters: int, memory_factor: float, budget: int, ema: bool = False) -> int:
+    """The largest image size (a multiple of 32) whose step at micro-batch 1 fits in `budget` bytes;
+    0 when none does."""
+    room = budget - cpu_step_bytes(parameters, 0, 1, memory_factor, ema)
+    if room <= 0:
+        return 0
+    side = math.isqrt(int(room / (B0_CPU_BYTES_PER_PIXEL * memory_factor)))
+    return side // 32 * 32
+
+
+def fit_cpu_memory(
+    batches: BatchPlan,
+    parameters: int,
+    image_size: int,
+    memory_factor: float,
+    processes: int,
+    available: int,
+    ema: bool = False,
+) -> tuple[BatchPlan, int, list[str]]:
+    """(the batch plan, the predicted peak RAM of a step of all `processes`, warnings): the
+    micro-batch lowered (accumulating more) until a step fits in RAM_SHARE of the `available`
+    memory, or ValueError naming the image size that would fit when not even one image does."""
+
+    def need(micro: int) -> int:
+        return processes * cpu_step_bytes(parameters, image_size, micro, memory_factor, ema)
+
+    budget = int(available * RAM_SHARE)
+    per_device = batches.micro_batch * batches.accumulate
+    if need(batches.micro_batch) <= budget:
+        return batches, need(batches.micro_batch), []
+    fitting = [d for d in range(1, batches.micro_batch) if per_device % d == 0 and need(d) <= budget]
+    if not fitting:
+        fits = largest_cpu_image(parameters, memory_factor, budget // processes, ema)
+        hint = f"image_size={fits} or smaller fits" if fits >= 32 else "no image size fits"
+        raise ValueError(
+            f"image_size={image_size}: a training step on the CPU needs ~{need(1) / 1e9:.1f} GB of RAM even at "
+            f"micro-batch 1, more than the {budget / 1e9:.1f} GB a run may take ({RAM_SHARE:.0%} of the "
+            f"{available / 1e9:.1f} GB available); {hint} (or train on a GPU, or free memory)"
+        )
+    micro = max(fitting)
+    lowered = replace(batches, micro_batch=micro, accumulate=per_device // micro)
+    return (
+        lowered,
+        need(micro),
+        [
+            f"micro-batch lowered from {batches.micro_batch} to {micro} (accumulating {per_device // micro}) so "
+            f"that a training step fits in RAM: ~{need(batches.micro_batch) / 1e9:.1f} GB at {batches.micro_batch}, "
+            f"~{need(micro) / 1e9:.1f} GB now, {available / 1e9:.1f} GB available"
+        ],
+    )
