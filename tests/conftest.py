@@ -43,6 +43,29 @@ def pytest_report_header(config) -> list[str]:
     return [f"effnet versions: python {platform.python_version()}, {versions}; lock: {state}"]
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "gpu: needs a CUDA device; skipped without one (scripts/gpu-check.sh runs them on a GPU)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "slow: runs whole programs for a minute or more; part of the suite, -m 'not slow' leaves it out",
+    )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests skip where torch sees no CUDA device (the CI machine, a laptop)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs it on a GPU machine)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _resolvers():
     register_resolvers()

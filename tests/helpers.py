@@ -171,7 +171,7 @@ class WarmEntry:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()},  # this checkout's src
         )
 
     def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:

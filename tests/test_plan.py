@@ -2,10 +2,11 @@
 config, the data facts and a device, and check what it decides (no torch, no folder scan)."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
-from effnet import plan
+from effnet import memory, plan, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 from tests.helpers import compose_cfg, make_images
@@ -62,9 +63,53 @@ def test_a_cuda_device_gets_bf16_channels_last_and_its_memory_tier():
 
 
 def test_tight_memory_turns_on_checkpointing_and_accumulation():
-    p = build(["model=b4", "gpu=8gb", "batch_size=16"], device=H100)
+    # B7 at 600 px in bf16: 1 image fits in 4 GB as it is, 8 with gradient checkpointing (memory.csv)
+    p = build(["model=b7", "gpu=4gb", "batch_size=16"], device=H100)
     assert (p.batches.micro_batch, p.batches.accumulate, p.runtime.grad_checkpointing) == (8, 2, True)
     assert p.trainer_args()["accumulate_grad_batches"] == 2
+    p = build(["model=b7", "gpu=4gb", "batch_size=16", "model.grad_checkpointing=false"], device=H100)
+    assert (p.batches.micro_batch, p.batches.accumulate, p.runtime.grad_checkpointing) == (1, 16, False)
+
+
+def test_the_tier_micro_batch_follows_the_precision_and_the_image_size():
+    bf16 = build(["gpu=8gb", "batch_size=128"], device=H100).batches
+    fp32 = build(["gpu=8gb", "batch_size=128", "trainer.precision=32-true"], device=H100).batches
+    assert bf16.capacity > 1.9 * fp32.capacity, "bf16 activations take half the bytes"
+    small = build(["gpu=8gb", "batch_size=128", "image_size=112"], device=H100).batches
+    assert small.capacity > 3.5 * bf16.capacity, "a quarter of the pixels"
+
+
+def test_dry_run_shows_the_predicted_peak_and_its_largest_term():
+    p = build(["model=b4", "gpu=8gb", "batch_size=16"], device=H100)
+    row = dict(plan.rows(p))["memory"]
+    peak = p.batches.peak_bytes / 1e9
+    assert row.startswith(
+        f"predicted peak {peak:.1f} GB of 8 GB (gpu=8gb; 7.2 GB usable) for micro-batch 16 (bf16)"
+    )
+    assert "; largest term: activations " in row and "; then CUDA context 0.50" in row
+    assert 0 < peak <= 7.2
+    row = dict(plan.rows(build(["batch_size=16"])))["memory"]
+    assert "of host memory (gpu=cpu: no ceiling) for micro-batch 16 (fp32)" in row
+
+
+def test_a_backbone_without_measured_memory_is_measured_or_refused_on_a_gpu_tier(monkeypatch):
+    with pytest.raises(UserError, match="convnext_tiny: its memory is not measured, so gpu=8gb cannot size"):
+        build(["model.backbone=convnext_tiny", "gpu=8gb"], device=H100)
+    assert build(["model.backbone=convnext_tiny"]).batches.peak == (), "the cpu tier needs no measurement"
+    # stand-in rows, B0's: measuring convnext here would take seconds
+    b0 = [replace(r, backbone="convnext_tiny") for r in memory.read().values() if r.model == "b0"]
+    monkeypatch.setattr(memory, "measure_backbone", lambda backbone: b0)
+    measured = plan.memory_rows("convnext_tiny")
+    p = build(["model.backbone=convnext_tiny", "gpu=8gb"], device=H100, memory_rows=measured)
+    assert p.batches.capacity == build(["gpu=8gb"], device=H100).batches.capacity
+    assert plan.memory_rows("efficientnet_b0") == memory.read(), "a shipped model is read, not measured"
+    assert plan.memory_rows("convnext_tiny", needed=False) == memory.read(), "the cpu tier measures nothing"
+
+    def unmeasurable(backbone):
+        raise NotImplementedError("no fake kernel for aten::something")
+
+    monkeypatch.setattr(memory, "measure_backbone", unmeasurable)
+    assert plan.memory_rows("convnext_tiny") == memory.read(), "left out: build() refuses it on a GPU tier"
 
 
 def test_devices_split_the_batch_and_indivisible_is_one_line():
@@ -202,6 +247,19 @@ def test_a_pretrained_backbone_gets_the_lower_lr_and_a_resume_keeps_its_own():
     assert p.optimisation.backbone_lr_scale == 1.0
 
 
+@pytest.mark.gpu
+def test_gpu_auto_picks_the_tier_of_this_cuda_device():
+    import torch
+
+    device = plan.probe_device(compose_cfg([]).trainer)
+    assert device.cuda and device.memory_bytes == torch.cuda.get_device_properties(0).total_memory
+    p = build(["gpu=auto"], device=device)
+    tiers = compose_cfg([]).gpu.tiers
+    assert p.tier == recipes.pick_tier(tiers, device.memory_bytes) != "cpu"
+    assert (p.accelerator, p.precision, p.runtime.channels_last) == ("cuda", "bf16-mixed", True)
+    assert p.batches.tier_bytes == round(tiers[p.tier].memory_gb * 1e9) and p.batches.peak_bytes
+
+
 def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplog):
     """A class with one image has no validation image, a batch larger than the training set is
     shrunk: both are plan rows (dry run) and warnings in the run's log."""
@@ -239,9 +297,6 @@ def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplo
 def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
     flat_folder, tmp_path, monkeypatch
 ):
-    from effnet import recipes
-    from effnet.errors import UserError
-
     monkeypatch.chdir(tmp_path)
     base = [
         f"data.root={flat_folder}",
@@ -251,12 +306,11 @@ def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
     ]
     resolved, _, _ = plan.resolve(compose_cfg(base))
     micro = resolved.batches.micro_batch
-    params = plan.count_parameters("efficientnet_b0")
-    assert 3_500_000 < params < 4_500_000  # B0's backbone, counted without allocating it
-    assert resolved.step_memory == recipes.cpu_step_bytes(params, 224, micro, 1.0)
-    assert dict(plan.rows(resolved))["memory"] == (
-        f"~{resolved.step_memory / 1e9:.1f} GB of RAM per training step (micro-batch {micro} at 224 px); "
-        f"{resolved.ram_available / 1e9:.1f} GB available"
+    cost = memory.costs("efficientnet_b0", "32-true")[False]  # memory.csv's measured B0
+    assert resolved.step_memory == recipes.cpu_step_bytes(cost, 224, micro)
+    assert dict(plan.rows(resolved))["memory"].startswith(
+        f"~{resolved.step_memory / 1e9:.1f} GB of RAM per training step for micro-batch {micro} at 224 px "
+        f"(the process with its tensors; {resolved.ram_available / 1e9:.1f} GB available, a run plans on 85%)"
     )
     with pytest.raises(UserError) as raised:  # 8 TB a step: too big for any machine this runs on
         plan.resolve(compose_cfg([*base, "image_size=65536"]))

@@ -1,4 +1,5 @@
-"""The sweep report from job folders as Hydra and effnet leave them: overrides, summary.json, error.txt."""
+"""The sweep report from job folders as Hydra and effnet leave them: overrides, summary.json, error.txt,
+pruned.txt."""
 
 import csv
 import json
@@ -63,6 +64,19 @@ def test_jobs_are_ranked_best_first_and_the_best_is_marked(sweep):
 def test_minimize_ranks_the_lowest_first(sweep):
     rows = write_report(sweep, metric="wall_time_s", minimize=True)["rows"]
     assert [r["job"] for r in rows][:3] == ["3", "0", "1"]
+
+
+def test_a_pruned_trial_comes_after_the_finished_jobs_and_is_never_the_best(sweep):
+    """An Optuna trial its pruner stopped has a summary.json (of fewer epochs) and pruned.txt."""
+    pruned = sweep / "0" / "pruned.txt"
+    pruned.write_text("pruned after epoch 1 of 3 by MedianPruner (val/acc 0.7100)\n")
+    rows = write_report(sweep)["rows"]
+    assert [r["job"] for r in rows] == ["1", "3", "0", "2", "4"]
+    assert rows[2]["status"] == "pruned after epoch 1 of 3 by MedianPruner (val/acc 0.7100)"
+    for name in ("3", "1"):  # only pruned trials left: none is the best
+        (sweep / name / "pruned.txt").write_text("pruned\n")
+    report = write_report(sweep)
+    assert report["best"] is None and "★" not in [r["best"] for r in report["rows"]]
 
 
 def test_a_single_job_reports_all_its_overrides(sweep):

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from effnet.recipes import AUG_LEVELS
 from effnet.report import write_report
-from tests.helpers import CONF_DIR, FAST, TRAIN_PY, make_images, run_train
+from tests.helpers import CONF_DIR, FAST, TRAIN_PY, make_images, run_train, source_path
 from tests.wandb_records import offline_runs
 
 TINY = [*FAST, "model=mobilenetv3_small"]
@@ -35,7 +35,7 @@ def multirun(data, tmp_path_factory):
     home = cwd / "home"  # no ~/.netrc, no API key, no WANDB_MODE: W&B must decide on offline itself
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", PYTHONPATH=source_path())  # this checkout's src
     args = ["-m", f"data.root={data}", *TINY, "logger=[csv,wandb]", "lr=-1,1e-3,2e-3"]
     result = subprocess.run(
         [sys.executable, str(TRAIN_PY), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
@@ -92,6 +92,7 @@ def test_fail_fast_stops_at_the_first_failing_job(data, tmp_path):
 
 def test_optuna_search_of_three_trials_is_ranked_by_the_report(data, tmp_path):
     args = ["sweep=optuna", f"data.root={data}", *TINY, "hydra.sweeper.n_trials=3", "batch_size=choice(4,8)"]
+    args += ["hydra.sweeper.n_jobs=2"]  # two batches through the launcher: trials 0 and 1, then 2
     result = run_train(args, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = sweep_dir(tmp_path)

@@ -52,7 +52,10 @@ def _unknown_key(exc, override: str) -> str:
     leaf = key.rpartition(".")[2]
     close = difflib.get_close_matches(leaf, known, n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"known keys here: {', '.join(sorted(known))}"
-    return f"unknown key '{key}' ({hint}); to add a new key write +{override}"
+    from effnet.cli.schema import open_hint  # here: effnet.cli.schema imports this module
+
+    add = open_hint(key)  # `+` adds only what something reads: a Lightning or logger argument
+    return f"unknown key '{key}' ({hint})" + (f"; {add}{override}" if add else "")
 
 
 def keep_full_error_choice() -> None:

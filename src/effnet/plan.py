@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import recipes
+from effnet import memory, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 
@@ -261,17 +261,17 @@ def recipe_sources(cfg: DictConfig, row: str, cli_overrides: Sequence[str], pres
     return sources
 
 
-def choose_tier(cfg: DictConfig, device: Device) -> tuple[str, int | None, list[str]]:
-    """(tier name, its B0 micro-batch, warnings)."""
+def choose_tier(cfg: DictConfig, device: Device) -> tuple[str, float | None, list[str]]:
+    """(tier name, its memory in GB (None: the cpu tier), warnings)."""
     if cfg.gpu.name != "auto":
         warnings = []
         if cfg.gpu.name != "cpu" and not device.cuda:
             warnings.append(
                 f"gpu={cfg.gpu.name} but no CUDA device is in use: training on the CPU with that tier's batch plan"
             )
-        return cfg.gpu.name, cfg.gpu.b0_batch, warnings
+        return cfg.gpu.name, cfg.gpu.memory_gb, warnings
     name = recipes.pick_tier(cfg.gpu.tiers, device.memory_bytes if device.cuda else None)
-    return name, cfg.gpu.tiers[name].b0_batch, []
+    return name, cfg.gpu.tiers[name].memory_gb, []
 
 
 def fit_batch_to_data(recipe: recipes.Recipe, train: int, world: int) -> tuple[recipes.Recipe, list[str]]:
@@ -314,30 +314,48 @@ def build(
     preset: str | None = None,
     argv: Sequence[str] | None = None,
     resumed_lr_scale: float | None = None,
-    parameters: int | None = None,
+    memory_rows: Mapping[memory.Key, memory.Row] | None = None,
 ) -> RunPlan:
     """Resolve every value of the run. Raises UserError for a combination that cannot run.
     `resumed_lr_scale`: the backbone lr scale the resumed checkpoint's optimizer was built with
-    (its parameter groups must match). `parameters`: the backbone's, for the CPU's memory check."""
+    (its parameter groups must match). `memory_rows`: the measured memory model (default: the
+    rows of effnet/memory.csv)."""
     recipe, reason = choose_recipe(cfg, data.train, preset)
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
-    tier, b0_batch, warnings = choose_tier(cfg, device)
+    tier, memory_gb, warnings = choose_tier(cfg, device)
     recipe, shrunk = fit_batch_to_data(recipe, data.train, devices * num_nodes)
     warnings += shrunk
+    precision = recipes.pick_precision(cfg.trainer.precision, device.cuda, device.bf16)
+    budget = (
+        recipes.memory_budget(memory_gb, cfg.gpu.usable_fraction, cfg.gpu.cuda_overhead_gb)
+        if memory_gb
+        else None
+    )
+    costs = memory.costs(cfg.model.backbone, precision, memory_rows)
+    if costs is None and budget is not None:
+        raise UserError(
+            f"model.backbone={cfg.model.backbone}: its memory is not measured, so gpu={tier} cannot size the "
+            f"micro-batch; `python -m effnet.memory` measures it (train.py and dry_run=true do it themselves)"
+        )
     try:
         batches = recipes.plan_batches(
             recipe.batch_size,
             devices * num_nodes,
-            b0_batch=b0_batch,
-            memory_factor=cfg.model.memory_factor,
+            costs=costs,
+            budget=budget,
             image_size=image_size,
             min_micro_batch=cfg.gpu.min_micro_batch,
-            checkpointing_gain=cfg.gpu.checkpointing_gain,
             grad_checkpointing=cfg.model.grad_checkpointing,
+            ema=bool(cfg.model.ema),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if batches.capacity == 0 and budget is not None:
+        warnings.append(
+            f"{cfg.model.backbone} at {image_size} px needs ~{batches.peak_bytes / 1e9:.1f} GB for one image, more "
+            f"than gpu={tier} has ({budget.tier_bytes / 1e9:g} GB): expect out-of-memory; try a smaller image_size"
+        )
     level = OmegaConf.to_container(cfg.augment[recipe.aug], resolve=True)
     balance = cfg.data.balance
     if balance == "class_weights" and (level["mixup"] > 0 or level["cutmix"] > 0):
@@ -366,9 +384,7 @@ def build(
             f"{device.memory_available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
         )
     reserved = store_bytes * devices if cache == "ram" else 0  # the RAM data cache lives beside the step
-    batches, step_memory, lowered = cpu_memory(
-        cfg, batches, device, parameters, image_size, devices, reserved
-    )
+    batches, step_memory, lowered = cpu_memory(cfg, batches, device, costs, image_size, devices, reserved)
     warnings += lowered
     strategy = str(cfg.trainer.strategy)
     if cfg.model.freeze_epochs and strategy == "ddp":
@@ -386,7 +402,7 @@ def build(
         recipe_sources=recipe_sources(cfg, recipe.data_size, cli_overrides, preset),
         tier=tier,
         batches=batches,
-        precision=recipes.pick_precision(cfg.trainer.precision, device.cuda, device.bf16),
+        precision=precision,
         accelerator="cuda" if device.cuda else "cpu",
         devices=devices,
         num_nodes=num_nodes,
@@ -459,22 +475,22 @@ def cpu_memory(
     cfg: DictConfig,
     batches: recipes.BatchPlan,
     device: Device,
-    parameters: int | None,
+    costs: Mapping[bool, recipes.MemoryCost] | None,
     image_size: int,
     processes: int,
     reserved: int = 0,
 ) -> tuple[recipes.BatchPlan, int | None, list[str]]:
-    """On the CPU: the step's predicted peak RAM (with `reserved` bytes, a RAM data cache, beside
-    it), the micro-batch lowered until it fits the memory available, or one line naming the image
-    size that would fit (recipes.fit_cpu_memory). The GPU's memory is the tiers' business."""
-    if device.cuda or not parameters or not device.ram_available:
+    """On the CPU: the step's predicted peak RAM from the measured memory model (with `reserved`
+    bytes, a RAM data cache, beside it), the micro-batch lowered until it fits the memory
+    available, or one line naming the image size that would fit (recipes.fit_cpu_memory). The
+    GPU's memory is the tiers' business (recipes.plan_batches)."""
+    if device.cuda or not costs or not device.ram_available:
         return batches, None, []
     try:
         batches, need, lowered = recipes.fit_cpu_memory(
             batches,
-            parameters,
+            costs[batches.grad_checkpointing],
             image_size,
-            float(cfg.model.memory_factor),
             processes,
             device.ram_available - reserved,
             ema=bool(cfg.model.ema),
@@ -696,22 +712,30 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
         cli_overrides=cli_overrides,
         preset=preset,
         resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
-        parameters=None if device.cuda else count_parameters(cfg.model.backbone),
+        # on the CPU too: the measured model predicts a step's RAM (cpu_memory)
+        memory_rows=memory_rows(
+            cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None or not device.cuda
+        ),
     )
     return plan, split, report
 
 
-def count_parameters(backbone: str) -> int | None:
-    """The backbone's parameters, counted on torch's meta device (no memory, no weights)."""
-    import timm
-    import torch
-
+def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.Row]:
+    """effnet/memory.csv, plus the backbone's own rows when a GPU tier needs them and the file has
+    none: measured now, on fake tensors (seconds, no memory), as `python -m effnet.memory` measures
+    the shipped models. A backbone fake tensors cannot run is left out, and build() says so."""
+    rows = memory.read()
+    if not needed or memory.costs(backbone, "32-true", rows) is not None:
+        return rows
+    log.info("memory: %s is not in %s; measuring it (a few seconds)", backbone, memory.CSV_PATH.name)
     try:
-        with torch.device("meta"):
-            net = timm.create_model(backbone, pretrained=False, num_classes=0)
-    except Exception:  # a backbone the meta device cannot build: no prediction, no refusal
-        return None
-    return sum(p.numel() for p in net.parameters())
+        measured = memory.measure_backbone(backbone)
+    except Exception as exc:  # an operation without a fake-tensor kernel, say: a warning, not a traceback
+        log.warning(
+            "memory: could not measure %s: %s", backbone, (str(exc) or type(exc).__name__).splitlines()[0]
+        )
+        return rows
+    return {**rows, **{(r.backbone, r.precision, r.checkpointing): r for r in measured}}
 
 
 def _saved_lr_scale(checkpoint: str) -> float:
@@ -755,22 +779,11 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
             f" = {r.batch_size}; gpu={plan.tier} ({capacity})"
             + ("; gradient checkpointing" if b.grad_checkpointing else ""),
         ),
-        *(
-            [
-                (
-                    "memory",
-                    f"~{plan.step_memory / 1e9:.1f} GB of RAM per training step "
-                    f"(micro-batch {b.micro_batch} at {plan.network.image_size} px); "
-                    f"{plan.ram_available / 1e9:.1f} GB available",
-                )
-            ]
-            if plan.step_memory is not None and plan.ram_available
-            else []
-        ),
         (
             "device",
             f"{plan.accelerator} ({plan.device_name}), {plan.devices} per node x {plan.num_nodes} node(s)",
         ),
+        ("memory", _memory(plan)),
         ("precision", plan.precision),
         (
             "strategy",
@@ -791,6 +804,32 @@ def rows(plan: RunPlan) -> list[tuple[str, str]]:
     table += [("warning", w) for w in plan.warnings]
     table.append(("start it", plan.command))
     return table
+
+
+def _memory(plan: RunPlan) -> str:
+    """The micro-batch's predicted peak and its largest term (effnet.recipes.peak_terms)."""
+    b = plan.batches
+    if not b.peak:
+        return "not predicted (the backbone's memory is not measured)"
+    terms = sorted(b.peak, key=lambda t: -t[1])
+    if plan.step_memory is not None and plan.ram_available:  # on the CPU: the process's RAM (cpu_memory)
+        return (
+            f"~{plan.step_memory / 1e9:.1f} GB of RAM per training step for micro-batch {b.micro_batch} at "
+            f"{plan.network.image_size} px (the process with its tensors; {plan.ram_available / 1e9:.1f} GB "
+            f"available, a run plans on {recipes.RAM_SHARE:.0%}); largest term: {terms[0][0]} "
+            f"{terms[0][1] / 1e9:.2f} GB"
+        )
+    where = (
+        f"of {b.tier_bytes / 1e9:g} GB (gpu={plan.tier}; {b.usable_bytes / 1e9:.1f} GB usable)"
+        if b.tier_bytes
+        else "of host memory (gpu=cpu: no ceiling)"
+    )
+    rest = ", ".join(f"{name} {value / 1e9:.2f}" for name, value in terms[1:] if value >= 5e6)
+    return (
+        f"predicted peak {b.peak_bytes / 1e9:.1f} GB {where} for micro-batch {b.micro_batch}"
+        f" ({recipes.precision_kind(plan.precision)}); largest term: {terms[0][0]} {terms[0][1] / 1e9:.2f} GB"
+        + (f"; then {rest} GB" if rest else "")
+    )
 
 
 def _backbone_lr(plan: RunPlan) -> str:

@@ -27,6 +27,74 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class MemoryCost:
+    """What one training step of a model holds in GPU memory, in bytes: one row of the measured
+    memory model (effnet/memory.csv, written by `python -m effnet.memory`) at one precision, with
+    or without gradient checkpointing."""
+
+    native_size: int  # the image size the activations were measured at
+    weights: int
+    gradients: int  # as large as the fp32 weights; kept between the micro-batches of an accumulation
+    optimizer: int  # AdamW's two moments per weight
+    constant: int  # saved tensors that do not grow with the batch (autocast's bf16 weight copies)
+    per_image: float  # saved activations per image at native_size (+ the largest recomputed segment)
+
+    def activations(self, micro_batch: int, image_size: int) -> float:
+        """Activations grow with the pixels: the measured per-image bytes x (size / native)^2."""
+        return micro_batch * self.per_image * (image_size / self.native_size) ** 2
+
+    def fixed(self, ema: bool = False) -> int:
+        """Everything that does not grow with the batch; an EMA keeps one more copy of the weights."""
+        return self.weights * (2 if ema else 1) + self.gradients + self.optimizer + self.constant
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """A GPU tier's memory and what of it the tensors of a training step can take."""
+
+    tier_bytes: int  # memory_gb x 10^9: the least a card of the tier has (an "8 GB" card has 8 GiB)
+    usable_fraction: float  # the allocator's fragmentation and cuDNN's workspaces take the rest
+    cuda_overhead: int  # the CUDA context and library kernels: outside PyTorch's allocator
+
+    @property
+    def usable(self) -> float:
+        return self.tier_bytes * self.usable_fraction - self.cuda_overhead
+
+
+def memory_budget(memory_gb: float, usable_fraction: float, cuda_overhead_gb: float) -> MemoryBudget:
+    """A tier's budget from its memory_gb and the shared `gpu:` settings (conf/train.yaml)."""
+    return MemoryBudget(
+        tier_bytes=round(float(memory_gb) * 1e9),
+        usable_fraction=float(usable_fraction),
+        cuda_overhead=round(float(cuda_overhead_gb) * 1e9),
+    )
+
+
+def peak_terms(
+    cost: MemoryCost, micro_batch: int, image_size: int, cuda_overhead: int, ema: bool = False
+) -> dict[str, int]:
+    """The predicted peak of one training step, term by term: what torch.cuda.max_memory_allocated
+    reports (every term but the CUDA context) plus the context itself. The peak comes when the
+    backward pass starts, when every saved activation is still held."""
+    return {
+        "activations": round(cost.activations(micro_batch, image_size)),
+        "CUDA context": int(cuda_overhead),
+        "weights": cost.weights * (2 if ema else 1),
+        "gradients": cost.gradients,
+        "AdamW state": cost.optimizer,
+        "constant": cost.constant,
+    }
+
+
+def micro_batch_capacity(cost: MemoryCost, budget: MemoryBudget, image_size: int, ema: bool = False) -> int:
+    """How many images of `image_size` fit on the tier:
+    (tier bytes x usable fraction - CUDA overhead - fixed bytes) / activation bytes per image.
+    0 when not even one does."""
+    per_image = cost.activations(1, image_size)
+    return max(0, math.floor((budget.usable - cost.fixed(ema)) / per_image))
+
+
+@dataclass(frozen=True)
 class BatchPlan:
     """How `batch_size` is reached: micro_batch x accumulate x devices == batch_size."""
 
@@ -36,6 +104,13 @@ class BatchPlan:
     accumulate: int
     grad_checkpointing: bool
     capacity: int | None  # the micro-batch the tier can hold; None = no ceiling (cpu)
+    peak: tuple[tuple[str, int], ...] = ()  # the micro-batch's predicted peak by term (peak_terms)
+    tier_bytes: int | None = None
+    usable_bytes: int | None = None  # tier_bytes x usable fraction
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return sum(b for _, b in self.peak) if self.peak else None
 
 
 def pick_data_size(rows: Mapping[str, Mapping], num_images: int) -> str:
@@ -75,28 +150,25 @@ def resolve_recipe(overrides: Mapping, row_name: str, row: Mapping, model_dropou
     )
 
 
-def micro_batch_capacity(b0_batch: int, memory_factor: float, image_size: int) -> int:
-    """What fits on the tier: B0's 224 px micro-batch scaled by activation memory (~ res^2 x model)."""
-    scale = memory_factor * (image_size / 224) ** 2
-    return max(1, math.floor(b0_batch / scale))
-
-
 def plan_batches(
     batch_size: int,
     devices: int,
     *,
-    b0_batch: int | None,
-    memory_factor: float,
+    costs: Mapping[bool, MemoryCost] | None,
+    budget: MemoryBudget | None,
     image_size: int,
     min_micro_batch: int = 8,
-    checkpointing_gain: float = 3.0,
     grad_checkpointing: bool | None = None,
+    ema: bool = False,
 ) -> BatchPlan:
     """Split the effective batch over devices and accumulation steps within the tier's memory.
 
-    The micro-batch is the largest divisor of the per-device batch that fits, so the effective batch
-    is exactly `batch_size`. When even `min_micro_batch` images do not fit (batch norm gets noisy
-    below that), gradient checkpointing is turned on unless the user said grad_checkpointing=false.
+    `costs` holds the model's measured memory without (False) and with (True) gradient
+    checkpointing; `budget` is None on the cpu tier (no ceiling). The micro-batch is the largest
+    divisor of the per-device batch that fits, so the effective batch is exactly `batch_size`.
+    When even `min_micro_batch` images do not fit (batch norm gets noisy below that), gradient
+    checkpointing is turned on unless the user said grad_checkpointing=false: its capacity comes
+    from the measured checkpointed activations, not from a guessed gain.
     """
     if batch_size % devices:
         lower, upper = (batch_size // devices) * devices, (batch_size // devices + 1) * devices
@@ -105,16 +177,37 @@ def plan_batches(
             f"batch_size={batch_size} cannot be split evenly over {devices} devices; use batch_size={options}"
         )
     per_device = batch_size // devices
-    if b0_batch is None:
-        return BatchPlan(batch_size, devices, per_device, 1, bool(grad_checkpointing), None)
-    capacity = micro_batch_capacity(b0_batch, memory_factor, image_size)
+    if budget is None or costs is None:
+        checkpointing = bool(grad_checkpointing)
+        cost = costs[checkpointing] if costs else None
+        peak = peak_terms(cost, per_device, image_size, 0, ema) if cost else {}
+        peak.pop("CUDA context", None)  # no GPU: the step's tensors live in host memory
+        return BatchPlan(batch_size, devices, per_device, 1, checkpointing, None, tuple(peak.items()))
+    capacity = micro_batch_capacity(costs[False], budget, image_size, ema)
     checkpointing = grad_checkpointing
     if checkpointing is None:
         checkpointing = capacity < min(min_micro_batch, per_device)
     if checkpointing:
-        capacity = max(1, math.floor(capacity * checkpointing_gain))
-    micro = max(d for d in range(1, per_device + 1) if per_device % d == 0 and d <= capacity)
-    return BatchPlan(batch_size, devices, micro, per_device // micro, bool(checkpointing), capacity)
+        capacity = micro_batch_capacity(costs[True], budget, image_size, ema)
+    micro = max(d for d in range(1, per_device + 1) if per_device % d == 0 and d <= max(1, capacity))
+    peak = peak_terms(costs[bool(checkpointing)], micro, image_size, budget.cuda_overhead, ema)
+    return BatchPlan(
+        batch_size,
+        devices,
+        micro,
+        per_device // micro,
+        bool(checkpointing),
+        capacity,
+        tuple(peak.items()),
+        budget.tier_bytes,
+        round(budget.tier_bytes * budget.usable_fraction),
+    )
+
+
+def precision_kind(precision: str | int) -> str:
+    """The row of the memory model a Lightning precision reads: 16-bit autocast or half weights
+    store activations in 2 bytes ("bf16": fp16 has the same sizes), everything else in 4."""
+    return "bf16" if "16" in str(precision) else "fp32"
 
 
 def pick_tier(tiers: Mapping[str, Mapping], memory_bytes: int | None) -> str:
@@ -226,44 +319,38 @@ def _gb(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # RAM of a training step on the CPU (the GPU tiers above size the GPU's memory)
 
-# Bytes a fp32 training step keeps per input pixel per image for EfficientNet-B0 (activations saved
-# for the backward pass, their gradients, the allocator's slack), measured once with timm's
-# efficientnet_b0 and AdamW on a CPU (torch 2.x): peak RSS grew ~2.2-2.45 kB per pixel-image
-# between 128 px x 2 and 384 px x 4 images; the upper end is taken. Other backbones scale it by
-# their model.memory_factor, as the GPU tiers do (mobilenetv3_small measured 0.17x; its factor,
-# 0.3, errs high).
-B0_CPU_BYTES_PER_PIXEL = 2450
-STATE_COPIES = 4  # weights, gradients and AdamW's two moments, fp32 each (+1 with an EMA)
+# On the CPU a step's resident memory grows by more than the saved activations memory.csv counts
+# (their gradients during the backward pass, the allocator's slack). Measured once with timm's
+# efficientnet_b0, AdamW, fp32, 128-384 px x 2-4 images: peak RSS grew 2.2-2.45 kB per
+# pixel-image against memory.csv's 1.76 kB of saved tensors; the upper end, 1.4x, is taken.
+CPU_ACTIVATION_SLACK = 1.4
 # torch, timm and the model: ~1.0 GB of RSS before the first step, measured with the above
 RUNTIME_BYTES = 1_100_000_000
 RAM_SHARE = 0.85  # of the RAM available, what a run plans to take: the machine keeps the rest
 
 
-def cpu_step_bytes(
-    parameters: int, image_size: int, micro_batch: int, memory_factor: float, ema: bool = False
-) -> int:
-    """Peak RAM of one training step of one process on the CPU: the runtime, the parameters'
-    fp32 copies, and the activations of `micro_batch` images."""
-    state = parameters * 4 * (STATE_COPIES + (1 if ema else 0))
-    activations = B0_CPU_BYTES_PER_PIXEL * memory_factor * image_size**2 * micro_batch
-    return int(RUNTIME_BYTES + state + activations)
+def cpu_step_bytes(cost: MemoryCost, image_size: int, micro_batch: int, ema: bool = False) -> int:
+    """Peak RAM of one training step of one process on the CPU: the runtime, the fp32 weights,
+    gradients and AdamW state, and the activations of `micro_batch` images with the CPU's slack."""
+    return int(
+        RUNTIME_BYTES + cost.fixed(ema) + CPU_ACTIVATION_SLACK * cost.activations(micro_batch, image_size)
+    )
 
 
-def largest_cpu_image(parameters: int, memory_factor: float, budget: int, ema: bool = False) -> int:
-    """The largest image size (a multiple of 32) whose step at micro-batch 1 fits in `budget` bytes;
-    0 when none does."""
-    room = budget - cpu_step_bytes(parameters, 0, 1, memory_factor, ema)
+def largest_cpu_image(cost: MemoryCost, budget: int, ema: bool = False) -> int:
+    """The largest image size (a multiple of 32) whose step at micro-batch 1 fits in `budget`
+    bytes; 0 when none does."""
+    room = budget - cpu_step_bytes(cost, cost.native_size, 0, ema)
     if room <= 0:
         return 0
-    side = math.isqrt(int(room / (B0_CPU_BYTES_PER_PIXEL * memory_factor)))
+    side = int(cost.native_size * math.sqrt(room / (CPU_ACTIVATION_SLACK * cost.per_image)))
     return side // 32 * 32
 
 
 def fit_cpu_memory(
     batches: BatchPlan,
-    parameters: int,
+    cost: MemoryCost,
     image_size: int,
-    memory_factor: float,
     processes: int,
     available: int,
     ema: bool = False,
@@ -273,7 +360,7 @@ def fit_cpu_memory(
     memory, or ValueError naming the image size that would fit when not even one image does."""
 
     def need(micro: int) -> int:
-        return processes * cpu_step_bytes(parameters, image_size, micro, memory_factor, ema)
+        return processes * cpu_step_bytes(cost, image_size, micro, ema)
 
     budget = int(available * RAM_SHARE)
     per_device = batches.micro_batch * batches.accumulate
@@ -281,7 +368,7 @@ def fit_cpu_memory(
         return batches, need(batches.micro_batch), []
     fitting = [d for d in range(1, batches.micro_batch) if per_device % d == 0 and need(d) <= budget]
     if not fitting:
-        fits = largest_cpu_image(parameters, memory_factor, budget // processes, ema)
+        fits = largest_cpu_image(cost, budget // processes, ema)
         hint = f"image_size={fits} or smaller fits" if fits >= 32 else "no image size fits"
         raise ValueError(
             f"image_size={image_size}: a training step on the CPU needs ~{need(1) / 1e9:.1f} GB of RAM even at "
@@ -289,7 +376,9 @@ def fit_cpu_memory(
             f"{available / 1e9:.1f} GB available); {hint} (or train on a GPU, or free memory)"
         )
     micro = max(fitting)
-    lowered = replace(batches, micro_batch=micro, accumulate=per_device // micro)
+    peak = peak_terms(cost, micro, image_size, 0, ema)
+    peak.pop("CUDA context", None)
+    lowered = replace(batches, micro_batch=micro, accumulate=per_device // micro, peak=tuple(peak.items()))
     return (
         lowered,
         need(micro),

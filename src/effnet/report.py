@@ -4,9 +4,9 @@
     python -m effnet.report outputs/multirun/<sweep> --metric wall_time_s --minimize
 
 Works from the files every job leaves in its folder (.hydra/overrides.yaml, summary.json,
-error.txt), so it needs no W&B account and also ranks a sweep that is still running or was cut
-short. The swept parameters are the overrides whose values differ between jobs. Writes
-report.md, report.csv and report.png into the sweep folder and prints the markdown.
+error.txt, pruned.txt), so it needs no W&B account and also ranks a sweep that is still running
+or was cut short. The swept parameters are the overrides whose values differ between jobs.
+Writes report.md, report.csv and report.png into the sweep folder and prints the markdown.
 """
 
 from __future__ import annotations
@@ -49,7 +49,11 @@ def load_jobs(sweep_dir: Path) -> list[dict]:
             overrides[key.lstrip("+~")] = _value(value)
         row = {"job": job_dir.relative_to(sweep_dir).as_posix(), "dir": job_dir, "overrides": overrides}
         summary_file, error_file = job_dir / "summary.json", job_dir / "error.txt"
-        if summary_file.is_file():
+        pruned_file = job_dir / "pruned.txt"  # an Optuna trial its pruner stopped early
+        if summary_file.is_file() and pruned_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            row.update(status="pruned", summary=summary, pruned=pruned_file.read_text().strip())
+        elif summary_file.is_file():
             row.update(status="ok", summary=json.loads(summary_file.read_text()))
         elif error_file.is_file():
             row.update(status="failed", summary={}, error=error_file.read_text().strip())
@@ -73,10 +77,19 @@ def _score(job: dict, metric: str) -> float | None:
 
 
 def rank(jobs: list[dict], metric: str, minimize: bool = False) -> list[dict]:
-    """Jobs with a score first, best first; then failed and unfinished jobs in job order."""
-    scored = [j for j in jobs if _score(j, metric) is not None]
-    scored.sort(key=lambda j: _score(j, metric), reverse=not minimize)
-    return scored + [j for j in jobs if _score(j, metric) is None]
+    """Finished jobs with a score first, best first; then pruned ones (stopped early, so never the
+    best), best first; then failed and unfinished jobs in job order."""
+
+    def scored(status: str) -> list[dict]:
+        group = [j for j in jobs if j["status"] == status and _score(j, metric) is not None]
+        return sorted(group, key=lambda j: _score(j, metric), reverse=not minimize)
+
+    ranked = scored("ok") + scored("pruned")
+    return ranked + [j for j in jobs if not any(j is r for r in ranked)]
+
+
+def _is_best(job: dict, metric: str) -> bool:
+    return job["status"] == "ok" and _score(job, metric) is not None
 
 
 def table(jobs: list[dict], params: list[str], metric: str) -> list[dict]:
@@ -84,12 +97,17 @@ def table(jobs: list[dict], params: list[str], metric: str) -> list[dict]:
     rows = []
     for i, job in enumerate(jobs, 1):
         score = _score(job, metric)
-        row = {"rank": i if score is not None else "", "best": "★" if i == 1 and score is not None else ""}
+        row = {
+            "rank": i if score is not None else "",
+            "best": "★" if i == 1 and _is_best(job, metric) else "",
+        }
         row["job"] = job["job"]
         row.update({p: job["overrides"].get(p, "") for p in params})
         row[metric] = score if score is not None else ""
         row.update({c: job["summary"].get(c, "") for c in RESULT_COLUMNS if c != metric})
-        row["status"] = job["status"] if job["status"] != "failed" else f"failed: {job['error']}"
+        row["status"] = {"failed": f"failed: {job.get('error')}", "pruned": job.get("pruned")}.get(
+            job["status"], job["status"]
+        )
         rows.append(row)
     return rows
 
@@ -126,7 +144,7 @@ def write_report(sweep_dir: Path, metric: str = "best_val_acc", minimize: bool =
     rows = table(ranked, params, metric)
     done = sum(j["status"] == "ok" for j in jobs)
     text = markdown(rows, f"Sweep {sweep_dir.name}: {len(jobs)} jobs, {done} finished, ranked by {metric}")
-    best = ranked[0] if _score(ranked[0], metric) is not None else None
+    best = ranked[0] if _is_best(ranked[0], metric) else None
     if best is not None:
         values = ", ".join(f"{p}={best['overrides'].get(p)}" for p in params) or "no swept values"
         text += (

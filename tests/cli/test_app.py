@@ -27,7 +27,7 @@ CLI_CASES = [
     ),
     (
         ["data.root={root}", "lrr=1e-3"],
-        "unknown key 'lrr' (did you mean lr?); to add a new key write +lrr=1e-3",
+        "unknown key 'lrr' (did you mean lr?)",
     ),
     (
         ["data.root={root}", "model.pretraind=false"],
@@ -58,11 +58,10 @@ def test_cli_rejects_with_one_line_fast_and_writes_nothing(args, message, flat_f
     assert elapsed < 5, f"took {elapsed:.1f}s"
 
 
-def test_help_is_fast_and_lists_the_groups(tmp_path):
-    started = time.perf_counter()
+def test_help_lists_the_groups(tmp_path):
+    """Fast by construction (no torch import: test_the_command_line_path_imports_no_torch), not by a clock."""
     result = run_train(["--help"], cwd=tmp_path)
     assert result.returncode == 0
-    assert time.perf_counter() - started < 5
     for group in ("preset: cloud, edge, large, medium, mobile, small, xlarge", "gpu: 16gb", "model: b0, b1"):
         assert group in result.stdout
     assert list(Path(tmp_path).iterdir()) == []
@@ -132,8 +131,6 @@ def test_a_dry_run_of_a_bad_combination_is_one_line(tmp_path):
 # interpreter (tests.helpers.WarmEntry); `heavy` says whether the case may import torch (it
 # has to read a model or a checkpoint to know), else it must fail before.
 
-FAST_TRAIN = ["trainer.accelerator=cpu", "model=mobilenetv3_small", "model.pretrained=false", "image_size=32"]
-
 # (args, expected part of the message, heavy)
 TRAIN_CASES = {
     "train": [
@@ -164,9 +161,9 @@ TRAIN_CASES = {
         (["data.root={data}", "lrr=1e-3"], "unknown key 'lrr' (did you mean lr?)", False),
         (["data.root={data}", "trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'", False),
         (
-            ["data.root={data}", "+trainer.max_epoch=3", *FAST_TRAIN],
-            "trainer.max_epoch: not an argument",
-            True,
+            ["data.root={data}", "+trainer.max_epoch=3"],
+            "+trainer.max_epoch=3: no such key; nearest: trainer.",
+            False,
         ),
         (["data.root={data}", "model=b9"], "model=b9: unknown option", False),
         (["data.root={data}", "data=nope"], "data=nope: unknown option", False),

@@ -161,6 +161,22 @@ def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_
     assert np.allclose(deployed(images.numpy()), expected, atol=1e-4)
 
 
+@pytest.mark.gpu
+def test_a_run_trained_on_the_gpu_exports_and_verifies(tmp_path):
+    from effnet.deploy.export import run as export_run
+    from effnet.training.run import run
+
+    data = make_images(tmp_path / "data", {"ant": 8, "bee": 8}, size=40)
+    on_cpu = [o for o in FAST if not o.startswith("trainer.accelerator")]
+    summary = run(compose_cfg([f"data.root={data}", *on_cpu, "trainer.accelerator=gpu"]), tmp_path / "run")
+    assert summary["precision"] == "bf16-mixed" and summary["channels_last"], "trained as a GPU run trains"
+    out = tmp_path / "bundle"
+    overrides = [f"ckpt={tmp_path / 'run'}", f"out={out}", "exporter=torchscript", "bench.repeats=2"]
+    export_run(compose_cfg([*overrides, "bench.batch_sizes=[1]", "num_workers=0"], config_name="export"))
+    fp32 = export_info(out)["artefacts"]["onnx fp32"]
+    assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
+
+
 def test_a_nan_difference_fails_verification():
     """nan > atol is False: an exported file giving nan must still fail, not pass as 'within atol'."""
     reference = np.array([[1.0, 2.0], [3.0, 0.0]], dtype=np.float32)

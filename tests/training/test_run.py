@@ -5,10 +5,11 @@ import json
 import logging
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
-from effnet import plan
+from effnet import memory, plan, recipes
 from effnet.training.module import ClassifierModule
 from effnet.training.run import run
 from tests.helpers import FAST, compose_cfg, make_images, metric_rows, run_train
@@ -83,11 +84,29 @@ def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_
     assert (run_dir / "split.json").read_text() == split_before
 
 
+@pytest.mark.gpu
+def test_one_gpu_trains_the_demo_in_bf16_with_channels_last(tmp_path):
+    cfg = compose_cfg(["data=demo", f"data.root={tmp_path / 'demo'}", "epochs=1", "trainer.accelerator=gpu"])
+    summary = run(cfg, tmp_path / "r")
+    assert (summary["precision"], summary["channels_last"], summary["devices"]) == ("bf16-mixed", True, 1)
+    assert summary["gpu_tier"] != "cpu" and summary["best_val_acc"] is not None
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["net.backbone.conv_stem.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bf16_mixed_runs_on_cpu(flat_folder, tmp_path):
     summary = run(
         compose_cfg([f"data.root={flat_folder}", *FAST, "trainer.precision=bf16-mixed"]), tmp_path / "r"
     )
     assert summary["precision"] == "bf16-mixed" and summary["best_val_acc"] is not None
+
+
+def tier_holding(images: float, backbone: str, image_size: int, ema: bool) -> float:
+    """gpu.memory_gb of a tier whose checkpointed capacity is `images` (fp32, the CPU's precision)."""
+    gpu = compose_cfg([]).gpu
+    cost = memory.costs(backbone, "32-true")[True]
+    peak = sum(recipes.peak_terms(cost, images, image_size, gpu.cuda_overhead_gb * 1e9, ema).values())
+    return round(peak / gpu.usable_fraction / 1e9, 6)
 
 
 def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
@@ -102,7 +121,7 @@ def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
         "model.ema=true",
         "model.head.hidden=[16]",
         "gpu=4gb",
-        "model.memory_factor=400",  # ~1 image fits: forces the plan
+        f"gpu.memory_gb={tier_holding(2.5, 'efficientnet_b0', 32, ema=True)}",  # 2 images fit: forces the plan
     ]
     cfg = compose_cfg(overrides)
     summary = run(cfg, tmp_path / "r")

@@ -19,9 +19,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, runfolder, runs, sweeps
+from effnet import cluster, runfolder, runs, sweeper, sweeps
 from effnet.checkpoints.find import locate
 from effnet.cli import argv
+from effnet.cli.schema import check_surface, options_resolver
 from effnet.cli.validate import validate, validate_command, validate_launcher
 from effnet.errors import (
     RankFailed,
@@ -41,7 +42,8 @@ class ValidateBeforeRun(Callback):
 
     Hydra turns exceptions from callbacks into warnings and carries on, so a bad value leaves
     through SystemExit: nothing is written. `command` names the script (train, eval, predict,
-    export) whose rules apply. A dry run (train.py dry_run=true) ends here too, after printing
+    export, bench) whose rules apply; a key the command line adds that nothing reads is refused
+    first (effnet.cli.schema). A dry run (train.py dry_run=true) ends here too, after printing
     the plan: no run folder, no log file.
     """
 
@@ -73,7 +75,9 @@ class ValidateBeforeRun(Callback):
         try:
             if check is not None:
                 check(config)
-            elif self.command == "train":
+                return
+            check_surface(config, self.command)  # a key nothing reads, added with + or ++
+            if self.command == "train":
                 validate(config)
             else:
                 validate_command(self.command, config)
@@ -121,6 +125,7 @@ def register_resolvers() -> None:
         ("effnet_rank_zero", runs.rank_zero_only),
         ("effnet_slurm_gpus", cluster.gpus_per_node),
         ("effnet_slurm_cpus", cluster.cpus_per_task),
+        ("effnet_options", options_resolver),  # --help's list of keys (conf/hydra/help/*.yaml)
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -147,16 +152,34 @@ def job_failed(cfg: DictConfig, hydra_cfg: DictConfig, exc: Exception) -> NoRetu
     raise SweepJobFailed(f"{job} failed: {message}; see {out}/train.log") from exc
 
 
+def job_pruned(hydra_cfg: DictConfig, why: str) -> NoReturn:
+    """A sweep trial the pruner stopped: not a failure. Say so in the log and in pruned.txt in its
+    folder (the sweep report lists it as pruned), and raise optuna.TrialPruned, which effnet's
+    sweeper records as a pruned trial and goes on."""
+    import optuna
+
+    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    out = Path(hydra_cfg.runtime.output_dir)
+    log.info("%s pruned %s", job, why)
+    if runs.global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pruned.txt").write_text(f"pruned {why}\n")
+    raise optuna.TrialPruned(f"{job} pruned {why}")
+
+
 def train_task(cfg: DictConfig) -> float | None:
     """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if multirun:  # each job's own options: on_multirun_start checked against all swept ones
+            check_surface(cfg, "train", hydra_cfg)
         validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
         from effnet.training.run import run  # the heavy imports start here
 
-        best = run(cfg, run_dir)["best_val_acc"]
+        summary = run(cfg, run_dir, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
+        best = summary["best_val_acc"]
         if best is None and multirun:
             raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
     except Exception as exc:
@@ -167,6 +190,8 @@ def train_task(cfg: DictConfig) -> float | None:
         if isinstance(exc, RankFailed):
             exit_with(str(exc), status=1)  # another rank's error: not a user mistake
         exit_for(exc)  # one line, not Hydra's "Error executing job" preamble
+    if multirun and summary.get("pruned"):
+        job_pruned(hydra_cfg, summary["pruned"])
     return best
 
 

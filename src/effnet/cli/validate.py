@@ -1,7 +1,8 @@
 """Check every value of a composed config before anything is created or imported.
 
-Hydra already rejects unknown groups, options and keys; this catches the values: ranges, types,
-choices and paths, for train.py (`validate`) and for eval.py, predict.py and export.py
+Hydra already rejects unknown groups and options, and keys set without `+`; effnet.cli.schema
+refuses a key added with `+` that nothing reads. This catches the values: ranges, types, choices
+and paths, for train.py (`validate`) and for eval.py, predict.py and export.py
 (`validate_command`). Each problem is a UserError naming the key, the value and what is accepted.
 Imports no torch: the Hydra callback runs this before the run folder exists.
 """
@@ -116,7 +117,6 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("model.image_size", int_at_least(16), "an integer >= 16", False),
     ("model.dropout", in_range(0, 1), "a number in [0, 1)", False),
     ("model.drop_path", in_range(0, 1), "a number in [0, 1)", False),
-    ("model.memory_factor", positive, "a number > 0", False),
     ("model.pretrained", one_of(True, False), "true or false", False),
     ("model.head.hidden", positive_int_list, "a list of layer widths, e.g. [256] or []", False),
     ("model.freeze_epochs", int_at_least(0), "an integer >= 0", False),
@@ -162,7 +162,8 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("trainer.num_nodes", int_at_least(1), "an integer >= 1", False),
     ("trainer.ddp_timeout_s", positive, "a number of seconds > 0, e.g. 600", False),
     ("gpu.min_micro_batch", int_at_least(1), "an integer >= 1", False),
-    ("gpu.checkpointing_gain", lambda v: _is_number(v) and v >= 1, "a number >= 1", False),
+    ("gpu.usable_fraction", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.9", False),
+    ("gpu.cuda_overhead_gb", lambda v: _is_number(v) and v >= 0, "a number of GB >= 0, e.g. 0.5", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),
     ("divergence.patience", int_at_least(1), "an integer >= 1, or null (never stop)", True),

@@ -25,11 +25,13 @@ from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
 from effnet.errors import held_warnings
 from effnet.files import write_json
+from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
 from effnet.training.divergence import StopOnDivergence
 from effnet.training.loggers import build_loggers, finishing
 from effnet.training.module import ClassifierModule
+from effnet.training.pruning import ReportToTrial
 
 log = logging.getLogger("effnet")
 
@@ -50,14 +52,17 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run(cfg: DictConfig, run_dir: Path, split: folders.Split | None = None) -> dict:
+def run(
+    cfg: DictConfig, run_dir: Path, split: folders.Split | None = None, trial: TrialRef | None = None
+) -> dict:
     """Train one model; returns the summary that is also written to run_dir/summary.json.
     A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts).
-    split: train on this split of data.root rather than drawing one (bench.py's subset)."""
+    split: train on this split of data.root rather than drawing one (bench.py's subset).
+    trial: the Optuna trial of a sweep job, to report each epoch to and be pruned by."""
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
         try:
-            return train(cfg, run_dir, stop, split)
+            return train(cfg, run_dir, stop, split, trial)
         finally:
             stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
@@ -113,7 +118,11 @@ def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, stop: interrupts.Interrupts, split: folders.Split | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    stop: interrupts.Interrupts,
+    split: folders.Split | None = None,
+    trial: TrialRef | None = None,
 ) -> dict:
     started = time.perf_counter()
     quiet_libraries()
@@ -168,6 +177,9 @@ def train(
     ]
     if plan.freeze_epochs:
         callbacks.append(FreezeBackbone(plan.freeze_epochs))
+    pruning = ReportToTrial(trial) if trial is not None else None
+    if pruning is not None:
+        callbacks.append(pruning)
     loggers = build_loggers(cfg, run_dir, setup)
     trainer = L.Trainer(
         **{
@@ -199,6 +211,7 @@ def train(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),
+        **({"pruned": pruning.pruned} if pruning is not None and pruning.pruned else {}),
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
