@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from effnet import runfolder
 from effnet.cli.validate import validate_command
+from effnet.deploy.paths import deployable_file
 from effnet.errors import UserError, exit_for, held_warnings
 
 
@@ -30,6 +31,7 @@ def _run(command: str, cfg: DictConfig, work) -> dict:
 
 def eval_task(cfg: DictConfig) -> float:
     def work():
+        deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
         from effnet.deploy.evaluate import run
 
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
@@ -39,6 +41,7 @@ def eval_task(cfg: DictConfig) -> float:
 
 def predict_task(cfg: DictConfig) -> None:
     def work():
+        deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
         from effnet.deploy.predict import run
 
         return run(cfg)

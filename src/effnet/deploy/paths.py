@@ -27,13 +27,18 @@ def model_file(ckpt: str) -> Path:
         found = next((path / n for n in BUNDLE_MODELS if (path / n).is_file()), None)
         if found is None:
             raise UserError(f"ckpt={ckpt}: export bundle without a model ({', '.join(BUNDLE_MODELS)})")
-        check_complete(path, ckpt)
         return found
     if path.is_file() and path.suffix in EXPORTED_SUFFIXES:
-        if (path.parent / PREPROCESSING_FILE).is_file():
-            check_complete(path.parent, ckpt)
         return path
     return locate(ckpt, "model", "ckpt")
+
+
+def deployable_file(ckpt: str) -> Path:
+    """model_file, refusing a model from an export bundle that export.py did not finish."""
+    path = model_file(ckpt)
+    if path.suffix in EXPORTED_SUFFIXES and (path.parent / PREPROCESSING_FILE).is_file():
+        check_complete(path.parent, ckpt)
+    return path
 
 
 def check_complete(folder: Path, ckpt: str) -> None:
