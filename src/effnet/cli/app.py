@@ -199,6 +199,9 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
     keep_full_error_choice()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    # A log line that cannot be written (train.log on a full disk) is lost, not a "--- Logging
+    # error ---" traceback on stderr before the one line that says the disk is full.
+    logging.raiseExceptions = False
     os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)

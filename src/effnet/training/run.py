@@ -63,6 +63,12 @@ def run(
     with stop.installed():
         try:
             return train(cfg, run_dir, stop, split, trial)
+        except Exception as exc:
+            full = diskspace.NoSpace.of(exc)
+            if full is None or full.kept is not None:
+                raise
+            # a checkpoint, a figure, the metrics, the data cache, the scan's cache: the disk is full
+            raise full.keeping(kept_checkpoint(run_dir)) from exc
         finally:
             stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
@@ -233,9 +239,6 @@ def fit(
         )
     except Exception as exc:
         ranks.raise_if_not_first(run_dir, trainer.global_rank, trainer.world_size, exc, timeout_s)
-        full = diskspace.NoSpace.of(exc)
-        if full is not None:  # a checkpoint, a plot, the metrics, the data cache: the disk is full
-            raise full.keeping(kept_checkpoint(run_dir)) from exc
         raise
     except SystemExit:  # SIGTERMException, or Lightning's exit after a second Ctrl-C
         if stop.received is None:
