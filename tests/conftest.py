@@ -125,3 +125,29 @@ def onnx_bundle(trained_run: Path, tmp_path_factory) -> Path:
 def slurm_cluster() -> cluster.SlurmCluster:
     """A real single-node SLURM cluster on this machine (scripts/slurm-cluster.sh; needs root)."""
     return cluster.bring_up()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """mount(size_bytes, read_only=False) -> a folder on a real tmpfs of that size (a full disk a
+    mock write could not stand in for: torch's zip writer, Pillow, onnx fill it for real).
+    Skipped where this process may not mount; unmounted afterwards."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: int, read_only: bool = False) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or 'mount failed'}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

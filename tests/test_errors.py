@@ -26,3 +26,27 @@ def test_exit_with_prints_one_line_and_exits_2(capsys):
         exit_with("data.root=/x: folder not found")
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "effnet: error: data.root=/x: folder not found\n"
+
+
+def test_library_warnings_never_precede_the_one_line():
+    """Held while a command checks its inputs: shown after success, dropped for a user's mistake,
+    shown before a bug's traceback."""
+    import warnings
+
+    from effnet.errors import held_warnings
+
+    def warn_then(exc):
+        with held_warnings():
+            warnings.warn("Detected pickle protocol 4 in the checkpoint", UserWarning, stacklevel=1)
+            if exc is not None:
+                raise exc
+
+    with pytest.warns(UserWarning, match="pickle protocol"):
+        warn_then(None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError):
+            warn_then(UserError("model.weights=x.pth: refusing to unpickle arbitrary objects"))
+    assert shown == []
+    with pytest.warns(UserWarning, match="pickle protocol"), pytest.raises(ZeroDivisionError):
+        warn_then(ZeroDivisionError("a bug"))

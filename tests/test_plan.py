@@ -1,6 +1,7 @@
 """The run plan: every value a run uses, resolved once. `build` is pure: these tests give it a
 config, the data facts and a device, and check what it decides (no torch, no folder scan)."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from effnet import memory, plan, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, make_images
 
 IMAGENET = Preprocessing(224, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CPU = plan.Device(cuda=False, per_node=1, cores=2)
@@ -257,3 +258,65 @@ def test_gpu_auto_picks_the_tier_of_this_cuda_device():
     assert p.tier == recipes.pick_tier(tiers, device.memory_bytes) != "cpu"
     assert (p.accelerator, p.precision, p.runtime.channels_last) == ("cuda", "bf16-mixed", True)
     assert p.batches.tier_bytes == round(tiers[p.tier].memory_gb * 1e9) and p.batches.peak_bytes
+
+
+def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplog):
+    """A class with one image has no validation image, a batch larger than the training set is
+    shrunk: both are plan rows (dry run) and warnings in the run's log."""
+    import logging
+
+    from effnet.training.run import prepare_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    root = make_images(tmp_path / "data", {"ant": 6, "bee": 6, "moth": 1})
+    cfg = compose_cfg(
+        [f"data.root={root}", "trainer.accelerator=cpu", "model.pretrained=false", "batch_size=64"]
+    )
+    resolved, split, report = plan.resolve(cfg)
+    assert (resolved.data.train, resolved.recipe.batch_size, resolved.batches.micro_batch) == (11, 11, 11)
+    adjusted = [
+        "class moth has a single image: it is used for training, so no validation image is held out for it "
+        "and its accuracy is not measured; add images to it",
+        "batch_size=64 is larger than the 11 training images: shrunk to 11 (one optimizer step per epoch)",
+    ]
+    assert set(adjusted) <= {value for key, value in plan.rows(resolved) if key == "warning"}
+    (tmp_path / "run").mkdir()
+    with caplog.at_level(logging.WARNING, logger="effnet"):
+        prepare_run_dir(tmp_path / "run", resolved, split, report, cfg)
+    assert all(line in caplog.text for line in adjusted)
+
+    make_images(tmp_path / "layout" / "train", {"ant": 4, "bee": 4})
+    make_images(tmp_path / "layout" / "val", {"ant": 2})
+    layout, _, _ = plan.resolve(compose_cfg([f"data.root={tmp_path / 'layout'}", "trainer.accelerator=cpu"]))
+    assert (
+        "class bee has no validation image (none in the validation folder): its accuracy is not measured"
+        in layout.warnings
+    )
+
+
+def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
+    flat_folder, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    base = [
+        f"data.root={flat_folder}",
+        "trainer.accelerator=cpu",
+        "model.pretrained=false",
+        "data.cache=none",
+    ]
+    resolved, _, _ = plan.resolve(compose_cfg(base))
+    micro = resolved.batches.micro_batch
+    cost = memory.costs("efficientnet_b0", "32-true")[False]  # memory.csv's measured B0
+    assert resolved.step_memory == recipes.cpu_step_bytes(cost, 224, micro)
+    assert dict(plan.rows(resolved))["memory"].startswith(
+        f"~{resolved.step_memory / 1e9:.1f} GB of RAM per training step for micro-batch {micro} at 224 px "
+        f"(the process with its tensors; {resolved.ram_available / 1e9:.1f} GB available, a run plans on 85%)"
+    )
+    with pytest.raises(UserError) as raised:  # 8 TB a step: too big for any machine this runs on
+        plan.resolve(compose_cfg([*base, "image_size=65536"]))
+    assert re.fullmatch(
+        r"image_size=65536: a training step on the CPU needs ~\d+\.\d GB of RAM even at micro-batch 1, more than "
+        r"the \d+\.\d GB a run may take \(85% of the \d+\.\d GB available\); image_size=\d+ or smaller fits "
+        r"\(or train on a GPU, or free memory\)",
+        str(raised.value),
+    ), str(raised.value)

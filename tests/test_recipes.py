@@ -1,4 +1,5 @@
 import functools
+import re
 
 import pytest
 
@@ -253,3 +254,67 @@ def test_the_store_estimate_follows_the_decode_rules():
 def test_a_pretrained_backbone_trains_at_a_share_of_the_lr():
     assert recipes.backbone_lr_scale(0.4, pretrained=True) == 0.4
     assert recipes.backbone_lr_scale(0.4, pretrained=False) == 1.0
+
+
+# RAM of a training step on the CPU
+
+
+def test_cpu_memory_lowers_the_micro_batch_or_names_the_size_that_fits():
+    gb = 10**9
+    batches = recipes.plan_batches(32, 1, costs=COSTS, budget=None, image_size=224)
+    same, need, notes = recipes.fit_cpu_memory(batches, COST, 224, 1, 64 * gb)
+    assert same == batches and notes == [] and need == recipes.cpu_step_bytes(COST, 224, 32)
+    # 1.1 GB of runtime, 100 MB of weights, gradients, AdamW and constant, 32 x 50 MB x 1.4 of activations
+    assert need == 1_100 * MB + 100 * MB + round(1.4 * 32 * 50 * MB)
+
+    lowered, need, (note,) = recipes.fit_cpu_memory(batches, COST, 1024, 1, 20 * gb)
+    assert (lowered.micro_batch, lowered.accumulate) == (8, 4) and need <= 0.85 * 20 * gb
+    assert recipes.cpu_step_bytes(COST, 1024, 16) > 0.85 * 20 * gb  # the next divisor up does not fit
+    assert dict(lowered.peak)["activations"] == round(COST.activations(8, 1024))  # the terms follow
+    assert note.startswith(
+        "micro-batch lowered from 32 to 8 (accumulating 4) so that a training step fits in RAM"
+    )
+
+    with pytest.raises(ValueError) as raised:
+        recipes.fit_cpu_memory(batches, COST, 8192, 1, 20 * gb)
+    fits = int(re.search(r"image_size=(\d+) or smaller fits", str(raised.value)).group(1))
+    assert str(raised.value).startswith(
+        f"image_size=8192: a training step on the CPU needs ~{recipes.cpu_step_bytes(COST, 8192, 1) / gb:.1f} GB "
+        "of RAM even at micro-batch 1, more than the 17.0 GB a run may take (85% of the 20.0 GB available)"
+    )
+    assert fits % 32 == 0
+    assert recipes.cpu_step_bytes(COST, fits, 1) <= 17 * gb < recipes.cpu_step_bytes(COST, fits + 32, 1)
+    two = recipes.fit_cpu_memory(batches, COST, 224, 2, 64 * gb)[1]  # two processes, twice the RAM
+    assert two == 2 * recipes.cpu_step_bytes(COST, 224, 32)
+
+
+MEASURE = r"""
+import resource, sys, timm, torch
+torch.set_num_threads(1)
+model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3)
+opt = torch.optim.AdamW(model.parameters())
+for size in map(int, sys.argv[1:]):
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(p.numel() for p in model.parameters()))
+"""
+
+
+def test_the_cpu_estimate_holds_for_a_real_step():
+    """One real B0 training step at two sizes in a fresh process: the peak RAM is within the
+    prediction, and the prediction's growth with the pixels is the measured one, within 30%."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, "192", "320"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
+    (small, params), (large, _) = [(int(out[i]), int(out[i + 1])) for i in (0, 2)]
+    cost = memory.costs("efficientnet_b0", "32-true")[False]  # memory.csv's measured B0
+    assert cost.weights // 4 == pytest.approx(params, rel=0.01)  # the same network (its head aside)
+    predicted = {s: recipes.cpu_step_bytes(cost, s, 2) for s in (192, 320)}
+    assert 0.6 * predicted[320] < large <= predicted[320], (large, predicted)
+    growth, predicted_growth = large - small, predicted[320] - predicted[192]
+    assert 0.7 < growth / predicted_growth < 1.3, (growth, predicted_growth)

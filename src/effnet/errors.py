@@ -6,10 +6,13 @@ fix. Everything that is not recognised here is a real bug and keeps its tracebac
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 # The user's own HYDRA_FULL_ERROR, kept here because effnet sets Hydra's to 1 (to see exceptions
@@ -64,6 +67,32 @@ def wants_traceback() -> bool:
     return os.environ.get(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
 
 
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """Hold back the warnings raised inside (torch's about a pickle, Pillow's about a file,
+    Lightning's about a setting) so that none precedes effnet's own line. They are shown when the
+    block succeeds, or before a bug's traceback (or with HYDRA_FULL_ERROR=1), and dropped when it
+    ends in a mistake the user can fix: then the one line says what matters. For the checks and
+    setup before a command's real work, not for hours of training."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    except Exception as exc:
+        if one_line(exc) is None or wants_traceback():
+            _replay(caught)
+        raise
+    except BaseException:
+        _replay(caught)
+        raise
+    _replay(caught)
+
+
+def _replay(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def exit_for(exc: BaseException, bugs_exit: bool = False) -> NoReturn:
     """The end of a run that raised `exc`: a mistake the user can fix is one line and status 2
     (with HYDRA_FULL_ERROR=1 its traceback first); a bug is re-raised, or with `bugs_exit` (where
@@ -96,6 +125,8 @@ def one_line(exc: BaseException) -> str | None:
         MissingMandatoryValue,
     )
 
+    from effnet.diskspace import NoSpace
+
     for err in _chain(exc):
         if isinstance(err, UserError | RankFailed):
             return str(err)
@@ -113,4 +144,5 @@ def one_line(exc: BaseException) -> str | None:
             return f"{err.full_key or 'a value'}: cannot resolve its ${{...}} interpolation: {reason}"
         if isinstance(err, OverrideParseException | ConfigCompositionException):
             return " ".join(str(err).split())
-    return None
+    full = NoSpace.of(exc)  # a write that failed for want of space (ENOSPC, EDQUOT, EROFS), wherever it was
+    return None if full is None else str(full)

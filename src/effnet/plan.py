@@ -18,7 +18,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Device:
     name: str = "cpu"
     cores: int = 1
     memory_available: int | None = None  # host RAM free for a data.cache store, in bytes
+    ram_available: int | None = None  # host RAM free for the training step itself (MemAvailable)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class RunPlan:
     trainer: Mapping[str, Any]  # lightning.Trainer arguments
     command: str
     warnings: tuple[str, ...] = ()
+    step_memory: int | None = None  # predicted peak RAM of a training step (CPU), all processes
+    ram_available: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -271,6 +274,18 @@ def choose_tier(cfg: DictConfig, device: Device) -> tuple[str, float | None, lis
     return name, cfg.gpu.tiers[name].memory_gb, []
 
 
+def fit_batch_to_data(recipe: recipes.Recipe, train: int, world: int) -> tuple[recipes.Recipe, list[str]]:
+    """A batch larger than the training set is shrunk to it (a multiple of the devices): the
+    loader could only ever fill it partly, and accumulation would never reach the planned steps."""
+    if not train or recipe.batch_size <= train:
+        return recipe, []
+    shrunk = max(world, train // world * world)
+    return replace(recipe, batch_size=shrunk), [
+        f"batch_size={recipe.batch_size} is larger than the {train} training images: shrunk to {shrunk} "
+        "(one optimizer step per epoch)"
+    ]
+
+
 def class_weights(counts: Mapping[str, int], classes: Sequence[str]) -> tuple[float, ...]:
     """n / (k * count): 1 for every class of a balanced set, larger for rare classes."""
     total = sum(counts.get(c, 0) for c in classes)
@@ -309,6 +324,8 @@ def build(
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
     tier, memory_gb, warnings = choose_tier(cfg, device)
+    recipe, shrunk = fit_batch_to_data(recipe, data.train, devices * num_nodes)
+    warnings += shrunk
     precision = recipes.pick_precision(cfg.trainer.precision, device.cuda, device.bf16)
     budget = (
         recipes.memory_budget(memory_gb, cfg.gpu.usable_fraction, cfg.gpu.cuda_overhead_gb)
@@ -366,6 +383,9 @@ def build(
             f"data.cache=ram: the store (~{store_bytes * devices / 1e9:.1f} GB) is more than the "
             f"{device.memory_available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
         )
+    reserved = store_bytes * devices if cache == "ram" else 0  # the RAM data cache lives beside the step
+    batches, step_memory, lowered = cpu_memory(cfg, batches, device, costs, image_size, devices, reserved)
+    warnings += lowered
     strategy = str(cfg.trainer.strategy)
     if cfg.model.freeze_epochs and strategy == "ddp":
         strategy = "ddp_find_unused_parameters_true"  # the frozen backbone has no gradients to reduce
@@ -446,7 +466,38 @@ def build(
         trainer=trainer,
         command=real_run_command(argv),
         warnings=tuple(warnings) + tuple(data.warnings),
+        step_memory=step_memory,
+        ram_available=device.ram_available,
     )
+
+
+def cpu_memory(
+    cfg: DictConfig,
+    batches: recipes.BatchPlan,
+    device: Device,
+    costs: Mapping[bool, recipes.MemoryCost] | None,
+    image_size: int,
+    processes: int,
+    reserved: int = 0,
+) -> tuple[recipes.BatchPlan, int | None, list[str]]:
+    """On the CPU: the step's predicted peak RAM from the measured memory model (with `reserved`
+    bytes, a RAM data cache, beside it), the micro-batch lowered until it fits the memory
+    available, or one line naming the image size that would fit (recipes.fit_cpu_memory). The
+    GPU's memory is the tiers' business (recipes.plan_batches)."""
+    if device.cuda or not costs or not device.ram_available:
+        return batches, None, []
+    try:
+        batches, need, lowered = recipes.fit_cpu_memory(
+            batches,
+            costs[batches.grad_checkpointing],
+            image_size,
+            processes,
+            device.ram_available - reserved,
+            ema=bool(cfg.model.ema),
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return batches, need + reserved, lowered
 
 
 def real_run_command(argv: Sequence[str] | None = None) -> str:
@@ -479,17 +530,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def available_memory(shm: str = "/dev/shm") -> int | None:
-    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
-    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
-    larger than it would crash the loader with SIGBUS when written)."""
-    memory = None
+def ram_available() -> int | None:
+    """Linux's MemAvailable: RAM a process can take now without swapping (psutil is not a
+    dependency); None elsewhere."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    memory = int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024
     except OSError:
+        return None
+    return None
+
+
+def available_memory(shm: str = "/dev/shm") -> int | None:
+    """Bytes a RAM data.cache store can take now: Linux's MemAvailable, and no more than the free
+    space of /dev/shm, where shared memory lives (a container's is often only 64 MB, and a store
+    larger than it would crash the loader with SIGBUS when written)."""
+    memory = ram_available()
+    if memory is None:
         return None
     try:
         st = os.statvfs(shm)
@@ -509,6 +568,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             per_node=count_devices(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
+            ram_available=ram_available(),
         )
     import torch
 
@@ -519,6 +579,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             per_node=count_devices(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
+            ram_available=ram_available(),
         )
     props = torch.cuda.get_device_properties(0)
     return Device(
@@ -553,8 +614,9 @@ def load_data(cfg: DictConfig, run_dir: Path | None, given=None):
     if split is None:
         split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
     else:
-        split = folders.without(split, report.bad_files | gone_from_split(split, cfg.data.root))
+        split = folders.without(split, set(report.bad_files) | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
+    scan.describe_validation(report, split)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
     return split, report
 
@@ -650,7 +712,10 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
         cli_overrides=cli_overrides,
         preset=preset,
         resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
-        memory_rows=memory_rows(cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None),
+        # on the CPU too: the measured model predicts a step's RAM (cpu_memory)
+        memory_rows=memory_rows(
+            cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None or not device.cuda
+        ),
     )
     return plan, split, report
 
@@ -747,6 +812,13 @@ def _memory(plan: RunPlan) -> str:
     if not b.peak:
         return "not predicted (the backbone's memory is not measured)"
     terms = sorted(b.peak, key=lambda t: -t[1])
+    if plan.step_memory is not None and plan.ram_available:  # on the CPU: the process's RAM (cpu_memory)
+        return (
+            f"~{plan.step_memory / 1e9:.1f} GB of RAM per training step for micro-batch {b.micro_batch} at "
+            f"{plan.network.image_size} px (the process with its tensors; {plan.ram_available / 1e9:.1f} GB "
+            f"available, a run plans on {recipes.RAM_SHARE:.0%}); largest term: {terms[0][0]} "
+            f"{terms[0][1] / 1e9:.2f} GB"
+        )
     where = (
         f"of {b.tier_bytes / 1e9:g} GB (gpu={plan.tier}; {b.usable_bytes / 1e9:.1f} GB usable)"
         if b.tier_bytes

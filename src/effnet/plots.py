@@ -6,16 +6,84 @@ so that importing effnet stays fast and plots are safe from worker threads and p
 
 from __future__ import annotations
 
+import functools
 import math
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from effnet import diskspace
 from effnet.files import temporary
 
 # Cell numbers stop being readable past this many classes; the colours still are.
 MAX_ANNOTATED_CLASSES = 25
+# Characters of a class name shown in a figure: longer ones lose their middle to an ellipsis
+# (the tables, eval.json and per_class.csv keep every name whole).
+MAX_LABEL = 24
+DEFAULT_FONT = "DejaVu Sans"  # matplotlib's own, always there
+
+
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read
+        return frozenset()
+
+
+@functools.cache
+def _installed_fonts() -> tuple[tuple[str, str], ...]:
+    """(family, file) of every font matplotlib knows, its default first."""
+    from matplotlib import font_manager
+
+    fonts = [(DEFAULT_FONT, font_manager.findfont(DEFAULT_FONT))]
+    fonts += sorted(
+        {(f.name, f.fname) for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")}
+        - set(fonts)
+    )  # Last Resort "holds" every character as a box naming its Unicode block: no help to a reader
+    return tuple(fonts)
+
+
+def figure_labels(classes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the class names as a figure shows them, the font families to draw them with).
+
+    The families are matplotlib's default plus, in order, any installed font holding a character
+    it lacks (CJK, emoji: a Noto font, where one is installed), so that names are drawn, not
+    boxes with a "Glyph missing" warning. A character no installed font holds is shown as its
+    code point (U+732B); a name longer than MAX_LABEL keeps its start and end around an ellipsis.
+    Names that would then look alike get their class index."""
+    fonts = _installed_fonts()
+    families = [DEFAULT_FONT]
+    covered = set(_charmap(fonts[0][1]))
+    for ch in {ch for name in classes for ch in name if ord(ch) not in covered}:
+        if ord(ch) in covered:
+            continue  # a font added for an earlier character holds it
+        match = next(((fam, path) for fam, path in fonts[1:] if ord(ch) in _charmap(path)), None)
+        if match is not None:
+            families.append(match[0])
+            covered |= _charmap(match[1])
+    labels = [_short("".join(ch if ord(ch) in covered else _spelt(ch) for ch in name)) for name in classes]
+    seen = Counter(labels)
+    labels = [f"{label} [{i}]" if seen[label] > 1 else label for i, label in enumerate(labels)]
+    return labels, families
+
+
+def _spelt(ch: str) -> str:
+    """A character no font can draw: its letters without accents where that helps, else U+XXXX."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return plain if plain.isascii() and plain.strip() else f"U+{ord(ch):04X}"
+
+
+def _short(label: str) -> str:
+    if len(label) <= MAX_LABEL:
+        return label
+    head = (MAX_LABEL - 1) * 2 // 3
+    return label[:head] + "…" + label[-(MAX_LABEL - 1 - head) :]
 
 
 def _figure(width: float, height: float):
@@ -29,22 +97,24 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary(path)
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
+    with diskspace.writing(path, "the figure", remove=[tmp]):  # no half PNG left on a full disk
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)  # a reader (or a W&B upload) never sees half a PNG
     return path
 
 
 def _matrix_panel(ax, values: np.ndarray, classes: Sequence[str], title: str, fmt: str) -> None:
     n = len(classes)
+    labels, families = figure_labels(classes)
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(float(values.max()), 1e-9))
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels=list(classes), fontsize=8)
+    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right", fontsize=8, family=families)
+    ax.set_yticks(range(n), labels=labels, fontsize=8, family=families)
     if n <= MAX_ANNOTATED_CLASSES:
         threshold = values.max() / 2
         for i in range(n):
@@ -94,6 +164,7 @@ def predictions_png(
 ) -> Path:
     """A grid of images titled true/predicted/confidence, mistakes in red and first."""
     order = prediction_order(true, pred, confidence)
+    labels, families = figure_labels(classes)
     columns = max(1, min(columns, len(order)))
     rows = max(1, math.ceil(len(order) / columns))
     fig = _figure(2.0 * columns, 2.3 * rows)
@@ -104,8 +175,9 @@ def predictions_png(
         ax.imshow(_hwc(images[i]))
         wrong = true[i] != pred[i]
         ax.set_title(
-            f"true {classes[true[i]]}\npred {classes[pred[i]]} {confidence[i]:.0%}",
+            f"true {labels[true[i]]}\npred {labels[pred[i]]} {confidence[i]:.0%}",
             fontsize=8,
+            family=families,
             color="tab:red" if wrong else "tab:green",
         )
     return _save(fig, path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The data-size recipes are EfficientNet-B0 recipes: B0's paper dropout is their reference point.
 REFERENCE_DROPOUT = 0.2
@@ -314,3 +314,77 @@ def choose_cache(
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# RAM of a training step on the CPU (the GPU tiers above size the GPU's memory)
+
+# On the CPU a step's resident memory grows by more than the saved activations memory.csv counts
+# (their gradients during the backward pass, the allocator's slack). Measured once with timm's
+# efficientnet_b0, AdamW, fp32, 128-384 px x 2-4 images: peak RSS grew 2.2-2.45 kB per
+# pixel-image against memory.csv's 1.76 kB of saved tensors; the upper end, 1.4x, is taken.
+CPU_ACTIVATION_SLACK = 1.4
+# torch, timm and the model: ~1.0 GB of RSS before the first step, measured with the above
+RUNTIME_BYTES = 1_100_000_000
+RAM_SHARE = 0.85  # of the RAM available, what a run plans to take: the machine keeps the rest
+
+
+def cpu_step_bytes(cost: MemoryCost, image_size: int, micro_batch: int, ema: bool = False) -> int:
+    """Peak RAM of one training step of one process on the CPU: the runtime, the fp32 weights,
+    gradients and AdamW state, and the activations of `micro_batch` images with the CPU's slack."""
+    return int(
+        RUNTIME_BYTES + cost.fixed(ema) + CPU_ACTIVATION_SLACK * cost.activations(micro_batch, image_size)
+    )
+
+
+def largest_cpu_image(cost: MemoryCost, budget: int, ema: bool = False) -> int:
+    """The largest image size (a multiple of 32) whose step at micro-batch 1 fits in `budget`
+    bytes; 0 when none does."""
+    room = budget - cpu_step_bytes(cost, cost.native_size, 0, ema)
+    if room <= 0:
+        return 0
+    side = int(cost.native_size * math.sqrt(room / (CPU_ACTIVATION_SLACK * cost.per_image)))
+    return side // 32 * 32
+
+
+def fit_cpu_memory(
+    batches: BatchPlan,
+    cost: MemoryCost,
+    image_size: int,
+    processes: int,
+    available: int,
+    ema: bool = False,
+) -> tuple[BatchPlan, int, list[str]]:
+    """(the batch plan, the predicted peak RAM of a step of all `processes`, warnings): the
+    micro-batch lowered (accumulating more) until a step fits in RAM_SHARE of the `available`
+    memory, or ValueError naming the image size that would fit when not even one image does."""
+
+    def need(micro: int) -> int:
+        return processes * cpu_step_bytes(cost, image_size, micro, ema)
+
+    budget = int(available * RAM_SHARE)
+    per_device = batches.micro_batch * batches.accumulate
+    if need(batches.micro_batch) <= budget:
+        return batches, need(batches.micro_batch), []
+    fitting = [d for d in range(1, batches.micro_batch) if per_device % d == 0 and need(d) <= budget]
+    if not fitting:
+        fits = largest_cpu_image(cost, budget // processes, ema)
+        hint = f"image_size={fits} or smaller fits" if fits >= 32 else "no image size fits"
+        raise ValueError(
+            f"image_size={image_size}: a training step on the CPU needs ~{need(1) / 1e9:.1f} GB of RAM even at "
+            f"micro-batch 1, more than the {budget / 1e9:.1f} GB a run may take ({RAM_SHARE:.0%} of the "
+            f"{available / 1e9:.1f} GB available); {hint} (or train on a GPU, or free memory)"
+        )
+    micro = max(fitting)
+    peak = peak_terms(cost, micro, image_size, 0, ema)
+    peak.pop("CUDA context", None)
+    lowered = replace(batches, micro_batch=micro, accumulate=per_device // micro, peak=tuple(peak.items()))
+    return (
+        lowered,
+        need(micro),
+        [
+            f"micro-batch lowered from {batches.micro_batch} to {micro} (accumulating {per_device // micro}) so "
+            f"that a training step fits in RAM: ~{need(batches.micro_batch) / 1e9:.1f} GB at {batches.micro_batch}, "
+            f"~{need(micro) / 1e9:.1f} GB now, {available / 1e9:.1f} GB available"
+        ],
+    )

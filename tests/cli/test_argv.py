@@ -98,3 +98,14 @@ def test_an_unknown_flag_is_one_line(tmp_path):
 def test_overrides_may_stand_on_both_sides_of_a_flag():
     args = ["data.root=/p", "-m", "lr=1e-3,1e-4", "--cfg", "job", "seed=1"]
     assert order_flags(args, "train.py") == ["-m", "--cfg", "job", "data.root=/p", "lr=1e-3,1e-4", "seed=1"]
+
+
+def test_a_key_given_twice_is_one_line_not_a_silent_last_wins(tmp_path):
+    with pytest.raises(UserError, match=r"lr is given twice \(lr=1e-3, then \+lr=3e-4\)"):
+        order_flags(["lr=1e-3", "-m", "+lr=3e-4"], "train.py")
+    assert order_flags(["~lr", "lr=1"], "train.py") == ["~lr", "lr=1"]  # a deletion then a value
+    result = run_train(["data.root=/x", "preset=small", "preset=large", "dry_run=true"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "preset is given twice (preset=small, then preset=large): Hydra would silently keep the last; pass it once"
+    )

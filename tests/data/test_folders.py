@@ -134,3 +134,112 @@ def test_a_data_set_made_of_links_to_elsewhere_is_used_whole(tmp_path):
     assert len(set(_reals(split.train + split.val))) == len(split.train + split.val) == 8
     skipped = folders.walk(root).skipped
     assert {Path(s["file"]).parent.name for s in skipped} == {"b_again"} and len(skipped) == 4
+
+
+# Corrupt data is reported as corrupt, not as missing; a class the scan empties is named.
+
+
+def _corrupt(folder: Path, count: int) -> list[Path]:
+    """`count` .jpg files that start like a JPEG and stop there (a cut download)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:03d}.jpg" for i in range(count)]
+    for path in paths:
+        path.write_bytes(b"\xff\xd8\xff\xe0" + bytes(40))
+    return paths
+
+
+def _scanned(root: Path, tmp_path: Path):
+    from effnet.data import scan
+
+    report = scan.scan_folder(str(root), 10**8, workers=2, cache=tmp_path / "scan.json")
+    return report, report.bad_files
+
+
+def test_a_folder_of_corrupt_images_is_reported_as_unreadable_not_missing(tmp_path):
+    root = tmp_path / "photos"
+    first = _corrupt(root / "a", 13)[0]
+    _corrupt(root / "b", 13)
+    report, bad = _scanned(root, tmp_path)
+    with pytest.raises(UserError) as raised:
+        folders.discover(root, exclude=bad)
+    assert str(raised.value) == (
+        f"data.root={root}: no usable images in {root}/<class>/: found 26 image file(s), all 26 unreadable "
+        f"(first: {first}: {bad[str(first)]}); fix or replace them"
+    )
+    assert bad[str(first)].startswith(("truncated or corrupt", "not an image"))
+
+
+def test_a_class_whose_files_are_all_unreadable_is_named(tmp_path):
+    root = tmp_path / "photos"
+    first = _corrupt(root / "a", 13)[0]
+    make_images(root, {"b": 4})
+    report, bad = _scanned(root, tmp_path)
+    with pytest.raises(UserError) as raised:
+        folders.discover(root, exclude=bad)
+    assert str(raised.value) == (
+        f"data.root={root}: found one class (b); a classifier needs at least two; class a was left out: "
+        f"all 13 of its image files are unreadable (first: {first}: {bad[str(first)]})"
+    )
+    # with two classes left the run goes on, and the plan and the log say which class was dropped
+    make_images(root, {"c": 4})
+    report, bad = _scanned(root, tmp_path)
+    assert folders.discover(root, exclude=bad).classes == ["b", "c"]
+    assert report.warnings == [
+        f"class a left out: none of its 13 image file(s) is usable, e.g. 000.jpg: {bad[str(first)]}"
+    ]
+
+
+def test_other_empty_folders_say_what_they_hold(tmp_path):
+    make_images(tmp_path / "loose", {"x": 2})
+    for image in (tmp_path / "loose" / "x").iterdir():
+        image.rename(tmp_path / "loose" / image.name)
+    (tmp_path / "loose" / "x").rmdir()
+    with pytest.raises(
+        UserError, match=r"2 image file\(s\) lie directly in .*; move them into one subfolder per class"
+    ):
+        folders.discover(tmp_path / "loose")
+    (tmp_path / "heic" / "a").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "heic" / "a" / f"{i}.HEIC").write_bytes(b"x")
+    with pytest.raises(
+        UserError, match=r"no images found in .*: its 3 file\(s\) have no image extension \(\.heic x3\)"
+    ):
+        folders.discover(tmp_path / "heic")
+
+
+def test_class_names_equal_once_unicode_normalised_are_refused(tmp_path):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # what Linux and macOS keep for the same typed name
+    make_images(tmp_path / "flat", {composed: 2, decomposed: 2})
+    with pytest.raises(UserError) as raised:
+        folders.discover(tmp_path / "flat")
+    assert str(raised.value) == (
+        f"data.root={tmp_path / 'flat'}: class folders {tmp_path / 'flat' / decomposed} and "
+        f"{tmp_path / 'flat' / composed} are the same name once Unicode-normalised (NFC) but differ in bytes "
+        "('cafe\\u0301' vs 'caf\\xe9'); rename one so that both are written the same way (or merge them)"
+    )
+    make_images(tmp_path / "split" / "train", {composed: 2, "tea": 2})
+    make_images(tmp_path / "split" / "val", {decomposed: 1, "tea": 1})
+    with pytest.raises(
+        UserError, match=r"class folders .*/train/caf.* and .*/val/caf.* are the same name once"
+    ):
+        folders.discover(tmp_path / "split")
+
+
+def test_class_names_differing_in_case_are_refused_only_where_the_file_system_ignores_case(
+    tmp_path, monkeypatch
+):
+    make_images(tmp_path / "split" / "train", {"Cat": 2, "dog": 2})
+    make_images(tmp_path / "split" / "val", {"cat": 1, "dog": 1})
+    assert not folders.case_insensitive(
+        tmp_path / "split" / "train" / "Cat"
+    )  # this file system tells them apart
+    with pytest.raises(UserError, match="class folder\\(s\\) cat have no training images"):
+        folders.discover(tmp_path / "split")
+    # A case-insensitive file system (macOS, Windows; a casefold ext4 folder) cannot be mounted
+    # here (the kernel has no CONFIG_UNICODE): its answer is given instead.
+    monkeypatch.setattr(folders, "case_insensitive", lambda folder: True)
+    with pytest.raises(
+        UserError,
+        match=r"class folders .*/train/Cat and .*/val/cat differ only in case, which this file system",
+    ):
+        folders.discover(tmp_path / "split")

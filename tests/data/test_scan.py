@@ -117,7 +117,10 @@ def test_scan_names_every_bad_file_and_counts_conversions(messy, tmp_path, monke
     reasons = {p["file"]: p["reason"] for p in report.problems}
     for kind, path in zip([*BAD_KINDS, "truncated_jpeg"], bad, strict=True):
         assert reasons[str(path)].startswith(BAD_KINDS[kind]), (kind, reasons[str(path)])
-    assert reasons[f"{root / 'moth'}/"] == scan.EMPTY_CLASS
+    assert reasons[f"{root / 'moth'}/"] == (
+        f"{scan.EMPTY_CLASS} (none of its 1 image file(s) is usable, e.g. cut_99.jpg: {reasons[str(bad[-1])]})"
+    )
+    assert "class moth left out: none of its 1 image file(s) is usable" in report.warnings[0]
     assert len(report.problems) == len(bad) + 1
     assert report.usable == 12 + 4 + 6  # the six convertible images are usable
     assert report.converted_to_rgb == {"CMYK": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1}
@@ -236,3 +239,34 @@ def test_a_transform_that_refuses_its_random_draw_is_redrawn(tmp_path):
     dataset = ImageList(folders.discover(root, 0.5, 0).train, flaky, 8)
     image, _ = dataset[(0, 123)]
     assert image.shape == (3, 8, 8) and len(calls) == 2 and not dataset.failed
+
+
+def test_corrupt_data_stops_the_plan_and_a_dropped_class_is_in_it(tmp_path, monkeypatch):
+    """What train.py (and its dry run) resolves: a folder of nothing but corrupt .jpg files is
+    reported as such (found, unreadable, the first error); a class the scan empties is a plan warning."""
+    from effnet import plan
+
+    monkeypatch.chdir(tmp_path)  # the scan cache goes to ./outputs/cache
+    corrupt = tmp_path / "corrupt"
+    for name in ("a", "b"):
+        (corrupt / name).mkdir(parents=True)
+        for i in range(13):
+            (corrupt / name / f"{i:03d}.jpg").write_bytes(_jpeg_bytes(i)[:600])  # cut downloads
+    cfg = compose_cfg([f"data.root={corrupt}", "trainer.accelerator=cpu", "model.pretrained=false"])
+    with pytest.raises(UserError) as raised:
+        plan.resolve(cfg)
+    assert str(raised.value) == (
+        f"data.root={corrupt}: no usable images in {corrupt}/<class>/: found 26 image file(s), all 26 unreadable "
+        f"(first: {corrupt}/a/000.jpg: truncated or corrupt: Truncated File Read); fix or replace them"
+    )
+
+    make_images(corrupt, {"c": 4, "d": 4})
+    resolved, split, _ = plan.resolve(cfg)
+    assert split.classes == ["c", "d"]
+    warnings = [
+        value for key, value in plan.rows(resolved) if key == "warning" and value.startswith("class ")
+    ]
+    assert [w.split(",")[0] for w in warnings] == [
+        "class a left out: none of its 13 image file(s) is usable",
+        "class b left out: none of its 13 image file(s) is usable",
+    ]

@@ -1,6 +1,14 @@
 """export.py: the bundle round-trips through onnxruntime, int8 is smaller, the card holds the figures."""
 
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +17,19 @@ import torch
 from effnet.checkpoints import read
 from effnet.cli.validate import validate_command
 from effnet.deploy import bundle, export, predict
+from effnet.deploy.paths import EXPORT_FILE
 from effnet.errors import UserError
-from tests.helpers import FAST, compose_cfg, export_info, make_images
+from effnet.files import write_json
+from tests.helpers import (
+    FAST,
+    ROOT,
+    compose_cfg,
+    export_info,
+    make_images,
+    one_error_line,
+    run_script,
+    source_path,
+)
 
 
 def test_onnx_bundle_is_verified_against_pytorch(onnx_bundle):
@@ -73,6 +92,7 @@ def test_other_formats_load_back_identically(trained_run, tmp_path, fmt):
     cfg = compose_cfg(config_name="export", overrides=[f"ckpt={trained_run}", f"format={fmt}"])
     path = export.EXPORTERS[fmt](net, prep, tmp_path, cfg, module)
     bundle.write_meta(tmp_path, prep, module.spec.classes)
+    write_json(tmp_path / EXPORT_FILE, {})  # what export.py writes last, once the bundle is verified
     loaded = predict.load_predictor(str(tmp_path))  # the bundle folder, as a user passes it
     assert loaded.path == path and loaded.name == fmt and loaded.classes == ["ant", "bee", "wasp"]
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
@@ -167,3 +187,141 @@ def test_a_nan_difference_fails_verification():
     assert agreement["top1_agreement"] == 1.0
     assert agreement["max_abs_logit_diff"] == float("inf")
     assert not export.verified(agreement, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing lost: a re-export that fails or is stopped leaves the previous bundle exactly as it was
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _staging_left(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.staging"))
+
+
+def test_an_export_stopped_by_sigterm_keeps_the_previous_bundle_as_it_was(trained_run, onnx_bundle, tmp_path):
+    """A real SIGTERM once the new model file exists (the moment that used to leave model.onnx
+    without export.json, or an empty folder): the old bundle is untouched, the staging folder gone."""
+    out = tmp_path / "onnx"
+    shutil.copytree(onnx_bundle, out)
+    before = _snapshot(out)
+    args = [f"ckpt={trained_run}", f"out={out}", "quantize=int8", "exporter=torchscript", "num_workers=0"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "export.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()},
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".onnx.staging-*/model.onnx")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    exported_at = export_info(onnx_bundle)["exported_at"]
+    assert err.strip().splitlines()[-1] == (
+        f"effnet: export interrupted by SIGTERM; the previous bundle in {out} (exported {exported_at}) "
+        "is kept as it was; the unfinished export was discarded"
+    )
+    assert "Traceback" not in err
+    assert _snapshot(out) == before and _staging_left(out) == []
+
+
+def test_a_failed_export_keeps_the_previous_bundle_and_a_good_one_replaces_it_whole(
+    trained_run, onnx_bundle, tmp_path
+):
+    out = tmp_path / "onnx"
+    shutil.copytree(onnx_bundle, out)
+    before = _snapshot(out)
+    base = [
+        f"ckpt={trained_run}",
+        f"out={out}",
+        "exporter=torchscript",
+        "bench.enabled=false",
+        "num_workers=0",
+    ]
+    with pytest.raises(
+        UserError, match=rf"verification failed: .* the previous bundle in {out} .* is kept as it was"
+    ):
+        export.run(compose_cfg([*base, "verify.atol=1e-30"], config_name="export"))
+    assert _snapshot(out) == before and _staging_left(out) == []
+
+    export.run(compose_cfg([*base, "format=safetensors"], config_name="export"))
+    names = {p.name for p in out.iterdir()}  # rewritten whole: no stale ONNX files beside the new model
+    assert "model.safetensors" in names and not names & {"model.onnx", "model.int8.onnx"}
+    assert export_info(out)["format"] == "safetensors" and export_info(out)["out"] == str(out)
+    assert predict.load_predictor(str(out)).name == "safetensors" and _staging_left(out) == []
+
+
+def test_a_bundle_without_export_json_is_refused_in_one_line(onnx_bundle, inbox_images, tmp_path):
+    """What an export cut short by earlier versions left: model files never verified."""
+    partial = tmp_path / "onnx"
+    shutil.copytree(onnx_bundle, partial)
+    (partial / EXPORT_FILE).unlink()
+    for ckpt in (partial, partial / "model.onnx"):
+        with pytest.raises(
+            UserError, match=rf"ckpt={ckpt}: unfinished export bundle \({partial} has no export.json"
+        ):
+            predict.load_predictor(str(ckpt))
+    for script, extra in (("predict.py", [f"inputs={inbox_images}"]), ("eval.py", [])):
+        result = run_script(script, [f"ckpt={partial}", *extra], tmp_path)
+        assert result.returncode == 2
+        assert one_error_line(result).startswith(f"ckpt={partial}: unfinished export bundle")
+
+
+@pytest.fixture
+def inbox_images(tmp_path: Path) -> Path:
+    return make_images(tmp_path / "inbox", {"a": 2})
+
+
+def test_replace_folder_swaps_whole_folders(tmp_path, monkeypatch):
+    from effnet import files
+
+    target = tmp_path / "bundle"
+    for one_step in (True, False):  # renameat2's exchange, and the two renames where it is missing
+        if not one_step:
+            monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        (target / "old.onnx").write_text("old")
+        new = files.staging_folder(target)
+        (new / "new.onnx").write_text("new")
+        files.replace_folder(new, target)
+        assert [p.name for p in target.iterdir()] == ["new.onnx"] and _staging_left(target) == []
+    stale = tmp_path / ".bundle.staging-999999999"  # a pid that cannot be alive: a killed export's
+    stale.mkdir()
+    assert files.staging_folder(target).name == f".bundle.staging-{os.getpid()}" and not stale.exists()
+
+
+def test_an_export_that_does_not_fit_keeps_the_previous_bundle(trained_run, onnx_bundle, small_disk):
+    """A real full disk under the staging folder: one line, the old bundle as it was, no staging left."""
+    from effnet.diskspace import NoSpace
+
+    size = sum(p.stat().st_size for p in onnx_bundle.iterdir())
+    disk = small_disk(size + 2 * (1 << 20))  # the bundle, and not another model beside it
+    out = disk / "onnx"
+    shutil.copytree(onnx_bundle, out)
+    before = _snapshot(out)
+    cfg = [
+        f"ckpt={trained_run}",
+        f"out={out}",
+        "exporter=torchscript",
+        "bench.enabled=false",
+        "num_workers=0",
+    ]
+    with pytest.raises(NoSpace) as raised:
+        export.run(compose_cfg(cfg, config_name="export"))
+    assert str(raised.value).startswith(
+        f"could not write the export bundle {out}: no space left on device ({disk} has "
+    )
+    exported_at = export_info(onnx_bundle)["exported_at"]
+    assert re.search(
+        rf"free, it needs ~\d+\.\d MB\); the previous bundle in {out} \(exported {exported_at}\) is kept as it was$",
+        str(raised.value),
+    ), str(raised.value)
+    assert _snapshot(out) == before and _staging_left(out) == []

@@ -235,3 +235,30 @@ def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(data, tmp_p
     assert "Traceback" not in output and "killed by signal" not in output, output[-3000:]
     assert f"interrupted by {stop.name}" in output and "resume with:" in output
     assert find.is_complete(only_run(tmp_path) / "checkpoints" / "interrupted.ckpt")
+
+
+def test_a_stop_during_a_long_first_step_is_honoured_within_seconds(data, tmp_path):
+    """A first step that would run two minutes (huge images on a CPU; here the step-delay hook)
+    does not hold SIGTERM: the watchdog abandons it STOP_GRACE_S later, with the resume line."""
+    from tests.helpers import source_path
+
+    args = [f"data.root={data}", "model=mobilenetv3_small", "model.pretrained=false", "image_size=32"]
+    args += ["batch_size=4", "epochs=1", "data.num_workers=0", "trainer.accelerator=cpu"]
+    env = {interrupts.STEP_DELAY_ENV: "120", "PYTHONPATH": source_path()}
+    proc = start(args, tmp_path, env)
+    runs = tmp_path / "outputs" / "train"
+    wait_for(lambda: any(runs.glob("*/checkpoints/last.ckpt")), proc)  # written as training starts
+    time.sleep(1)  # into the first step
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc, output = finish(proc, timeout=60)
+    took = time.monotonic() - sent
+    assert rc == 128 + signal.SIGTERM, output[-3000:]
+    assert took < interrupts.STOP_GRACE_S + 5, took
+    run_dir = only_run(tmp_path)
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("effnet: interrupted by SIGTERM")]
+    assert line == (
+        "effnet: interrupted by SIGTERM in epoch 1/1 (step 0); the step in progress had not ended 5 s later, "
+        "so it was abandoned (no checkpoint of this moment); resume with: "
+        f"{interrupts.resume_command(run_dir, [str(TRAIN_PY), *args])}  (continues from the start of epoch 1)"
+    )

@@ -67,6 +67,25 @@ def test_pickled_objects_are_refused(tmp_path):
         load_weights(create_backbone("efficientnet_b0"), path)
 
 
+def test_a_refused_pickle_prints_no_torch_warning_before_the_line(tmp_path, monkeypatch, recwarn):
+    """torch warns about the pickle protocol while it reads the file; a run refusing the file says
+    so in its one line, with no library warning first."""
+    from effnet.training.run import run
+    from tests.helpers import FAST, compose_cfg, make_images
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "plain.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"a": [1, 2, 3]}, f, protocol=4)
+    data = make_images(tmp_path / "data", {"ant": 3, "bee": 3})
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        run(
+            compose_cfg([f"data.root={data}", *FAST, "model=mobilenetv3_small", f"model.weights={path}"]),
+            tmp_path / "run",
+        )
+    assert not [w for w in recwarn if "pickle" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 def test_pretrained_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from effnet import diskspace
+
 TMP_SUFFIX = ".tmp"
 # Test hook: seconds to wait between writing the temporary file and renaming it, so a test can
 # kill the process while a write is in flight.
@@ -37,16 +39,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TMP_SUFFIX)
-        with open(tmp, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        if delay := float(os.environ.get(WRITE_DELAY_ENV, "0") or 0):
-            time.sleep(delay)
-        os.replace(tmp, path)
+        # a failed write leaves no .tmp (on a full disk it holds the space a resume needs), and
+        # one for want of space is one line (diskspace.NoSpace), not torch's zip-writer error
+        with diskspace.writing(path, "the checkpoint", needed=tensor_bytes(checkpoint), remove=[tmp]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            if delay := float(os.environ.get(WRITE_DELAY_ENV, "0") or 0):
+                time.sleep(delay)
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: about the size of its file."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -24,7 +24,15 @@ from effnet.checkpoints.find import locate
 from effnet.cli import argv
 from effnet.cli.schema import check_surface, options_resolver
 from effnet.cli.validate import validate, validate_command, validate_launcher
-from effnet.errors import RankFailed, UserError, exit_for, exit_with, keep_full_error_choice, one_line
+from effnet.errors import (
+    RankFailed,
+    UserError,
+    exit_for,
+    exit_with,
+    held_warnings,
+    keep_full_error_choice,
+    one_line,
+)
 
 log = logging.getLogger("effnet")
 
@@ -47,9 +55,10 @@ class ValidateBeforeRun(Callback):
         if self.command == "train" and config.get("dry_run"):
             dry_run(config)
         try:
-            if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
-                cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
-            claim_run_folder(self.command, config)
+            with held_warnings():  # a checkpoint's torch warning must not precede the line refusing it
+                if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
+                    cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
+                claim_run_folder(self.command, config)
         except Exception as exc:
             exit_for(exc, bugs_exit=True)
 
@@ -101,7 +110,8 @@ def dry_run(config: DictConfig) -> NoReturn:
     try:
         from effnet.plan import print_plan, resolve
 
-        plan, _, _ = resolve(config)
+        with held_warnings():
+            plan, _, _ = resolve(config)
     except Exception as exc:
         exit_for(exc, bugs_exit=True)
     print_plan(plan)
@@ -189,6 +199,9 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
     keep_full_error_choice()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    # A log line that cannot be written (train.log on a full disk) is lost, not a "--- Logging
+    # error ---" traceback on stderr before the one line that says the disk is full.
+    logging.raiseExceptions = False
     os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)

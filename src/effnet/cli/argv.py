@@ -59,6 +59,7 @@ def order_flags(args: Sequence[str], script: str) -> list[str]:
     if unknown:
         error(f"unknown option {' '.join(unknown)}")
     overrides = list(parsed.overrides or [])
+    refuse_repeats(overrides)
     flags, pending = [], list(overrides)
     for arg in args:
         if pending and arg == pending[0]:
@@ -66,6 +67,23 @@ def order_flags(args: Sequence[str], script: str) -> list[str]:
         else:
             flags.append(arg)
     return flags + overrides
+
+
+def refuse_repeats(overrides: Sequence[str]) -> None:
+    """A key given twice (`preset=small preset=large`, `lr=1e-3 ... lr=3e-4`): Hydra keeps the last
+    without a word, so the run is not the one half of the command line asks for. One line instead.
+    A deletion (`~key`) is left alone."""
+    seen: dict[str, str] = {}
+    for override in overrides:
+        if override.startswith("~") or "=" not in override:
+            continue
+        key = override.split("=", 1)[0].lstrip("+")
+        if key in seen:
+            raise UserError(
+                f"{key} is given twice ({seen[key]}, then {override}): Hydra would silently keep the last; "
+                "pass it once"
+            )
+        seen[key] = override
 
 
 def prepare(args: Sequence[str], script: str) -> list[str]:

@@ -14,13 +14,15 @@ from omegaconf import DictConfig
 
 from effnet import runfolder
 from effnet.cli.validate import validate_command
-from effnet.errors import UserError, exit_for
+from effnet.deploy.paths import deployable_file
+from effnet.errors import UserError, exit_for, held_warnings
 
 
 def _run(command: str, cfg: DictConfig, work) -> dict:
     try:
-        validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
-        return work()
+        with held_warnings():  # torch's or Pillow's warnings never precede effnet's own line
+            validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
+            return work()
     except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
         if isinstance(exc, UserError):
             runfolder.discard(Path(HydraConfig.get().runtime.output_dir))  # eval's folder, if new
@@ -29,6 +31,7 @@ def _run(command: str, cfg: DictConfig, work) -> dict:
 
 def eval_task(cfg: DictConfig) -> float:
     def work():
+        deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
         from effnet.deploy.evaluate import run
 
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
@@ -38,6 +41,7 @@ def eval_task(cfg: DictConfig) -> float:
 
 def predict_task(cfg: DictConfig) -> None:
     def work():
+        deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
         from effnet.deploy.predict import run
 
         return run(cfg)

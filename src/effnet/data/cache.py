@@ -18,6 +18,7 @@ whatever data.cache is.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from effnet import diskspace
 from effnet.data.loaders import DECODE_ERRORS, base_image
 from effnet.data.scan import CACHE_DIR
 from effnet.files import write_json
@@ -238,7 +240,7 @@ def disk_store(
             else:
                 slots[path], index["end"] = index["end"], index["end"] + h * w * 3
         if index["end"] > data.stat().st_size:
-            os.truncate(data, index["end"])
+            reserve(data, index["end"])
         failed = 0
         if slots:
             pixels = np.memmap(data, np.uint8, "r+", shape=(index["end"],))
@@ -281,6 +283,23 @@ def disk_store(
         time.perf_counter() - started,
     )
     return store, counts
+
+
+def reserve(data: Path, size: int) -> None:
+    """Grow the store file to `size` bytes with the space allocated now: a sparse file would meet
+    a full disk later, as SIGBUS in a loader worker writing into the mapping."""
+    before = data.stat().st_size
+    with diskspace.writing(data, "the data.cache=disk store", needed=size - before):
+        fd = os.open(data, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, before, size - before)
+        except OSError as exc:
+            os.ftruncate(fd, before)  # as it was: the index still describes it
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, size)  # a file system without fallocate: sparse, as before
+        finally:
+            os.close(fd)
 
 
 def _mb(n: int) -> str:

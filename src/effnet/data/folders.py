@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Collection
+import unicodedata
+from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,11 +215,14 @@ def stratified_split(
 
 
 def discover(
-    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 42, exclude: Collection[str] = ()
+    root: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    exclude: Collection[str] | Mapping[str, str] = (),
 ) -> Split:
     """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split.
-    Files in `exclude` are left out before the split is drawn; symlinks count each real file
-    once (see `walk`)."""
+    Files in `exclude` (the data scan's unusable files, mapped to why where known) are left out
+    before the split is drawn; symlinks count each real file once (see `walk`)."""
     root = Path(os.path.abspath(Path(root).expanduser()))  # split.json must not depend on the cwd
     if root.exists() and not root.is_dir():
         raise UserError(f"data.root={root}: is a file; point data.root at a folder of class subfolders")
@@ -226,18 +231,20 @@ def discover(
             f"data.root={root}: folder not found; point data.root at a folder of class subfolders"
         )
     found = walk(root)
+    check_class_names(root, found)
     train_dir, val_dir = root / "train", _subfolder(root, VAL_NAMES)
     held_out = not train_dir.is_dir()
-    train_by_class = scan_classes(found.classes[root if held_out else train_dir], exclude)
+    where = root if held_out else train_dir
+    train_by_class = scan_classes(found.classes[where], exclude)
     if not train_by_class:
-        where = root if held_out else train_dir
-        raise UserError(
-            f"data.root={root}: no images found in {where}/<class>/ "
-            f"(expected class subfolders holding {', '.join(IMAGE_EXTENSIONS)} files)"
-        )
+        raise UserError(f"data.root={root}: {why_no_images(where, found.classes[where], exclude)}")
     classes = sorted(train_by_class)
     if len(classes) < 2:
-        raise UserError(f"data.root={root}: found one class ({classes[0]}); a classifier needs at least two")
+        dropped = dropped_classes(found.classes[where], exclude)
+        raise UserError(
+            f"data.root={root}: found one class ({classes[0]}); a classifier needs at least two"
+            + "".join(f"; class {name} was left out: {why}" for name, why in dropped.items())
+        )
 
     if held_out:
         train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
@@ -264,6 +271,102 @@ def discover(
         test=_samples(test_by_class, classes),
         held_out=held_out,
     )
+
+
+def _first_failure(paths: list[str], exclude: Collection[str] | Mapping[str, str]) -> str:
+    """`path: why` for the first of `paths` the scan found unusable (just the path where no reason
+    was given)."""
+    first = next(p for p in paths if p in exclude)
+    reason = exclude.get(first) if isinstance(exclude, Mapping) else None
+    return f"{first}: {reason}" if reason else first
+
+
+def why_no_images(
+    where: Path, by_class: dict[str, list[str]], exclude: Collection[str] | Mapping[str, str]
+) -> str:
+    """Why a folder gave no training image, told apart: no class folders, no files, no image
+    files, or image files that are all unreadable (corrupt data is not missing data)."""
+    files = [p for paths in by_class.values() for p in paths]
+    images = [p for p in files if is_image(p)]
+    wanted = f"expected class subfolders holding {', '.join(IMAGE_EXTENSIONS)} files"
+    if not by_class:
+        loose = [e.name for e in os.scandir(where) if e.is_file() and is_image(e.name)]
+        if loose:
+            return (
+                f"no images found in {where}/<class>/: {len(loose)} image file(s) lie directly in {where} "
+                f"({wanted}); move them into one subfolder per class"
+            )
+        return f"no images found in {where}/<class>/: {where} has no class subfolders ({wanted})"
+    if not files:
+        return (
+            f"no images found in {where}/<class>/: its {len(by_class)} class folder(s) are empty ({wanted})"
+        )
+    if not images:
+        kinds = ", ".join(
+            f"{k} x{n}" for k, n in Counter(Path(p).suffix.lower() or "(none)" for p in files).most_common(3)
+        )
+        return (
+            f"no images found in {where}/<class>/: its {len(files)} file(s) have no image extension "
+            f"({kinds}); effnet reads {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    bad = [p for p in images if p in exclude]
+    return (
+        f"no usable images in {where}/<class>/: found {len(images)} image file(s), all {len(bad)} "
+        f"unreadable (first: {_first_failure(images, exclude)}); fix or replace them"
+    )
+
+
+def dropped_classes(
+    by_class: dict[str, list[str]], exclude: Collection[str] | Mapping[str, str]
+) -> dict[str, str]:
+    """{class: why it was left out} for the class folders holding image files none of which is usable."""
+    dropped = {}
+    for name, files in by_class.items():
+        images = [p for p in files if is_image(p)]
+        if images and all(p in exclude for p in images):
+            dropped[name] = (
+                f"all {len(images)} of its image files are unreadable (first: {_first_failure(images, exclude)})"
+            )
+    return dropped
+
+
+def case_insensitive(folder: Path) -> bool:
+    """Whether the file system holding `folder` (a class folder) ignores case in names: its name
+    with the case of its letters swapped is the same folder."""
+    other = folder.with_name(folder.name.swapcase())
+    if other.name == folder.name:
+        return False  # no cased letter to try
+    try:
+        return os.path.samefile(folder, other)
+    except OSError:
+        return False
+
+
+def class_key(name: str, ignore_case: bool) -> str:
+    key = unicodedata.normalize("NFC", name)
+    return key.casefold() if ignore_case else key
+
+
+def check_class_names(root: Path, found: Found) -> None:
+    """Refuse two class folders whose names are the same class to a person but not to Python:
+    equal once Unicode-normalised (NFC: a name typed on macOS is often decomposed, 'e' + U+0301,
+    where Linux keeps what it got), or differing only in case on a file system that ignores case.
+    They would be two classes, or a val class with no training images, with no visible reason."""
+    folders_ = [parent / name for parent, by_class in found.classes.items() for name in by_class]
+    cased = next((f for f in folders_ if f.name != f.name.swapcase()), None)
+    ignore_case = cased is not None and case_insensitive(cased)
+    seen: dict[str, Path] = {}
+    for folder in folders_:
+        first = seen.setdefault(class_key(folder.name, ignore_case), folder)
+        if first.name != folder.name:
+            if unicodedata.normalize("NFC", first.name) == unicodedata.normalize("NFC", folder.name):
+                how = f"are the same name once Unicode-normalised (NFC) but differ in bytes ({ascii(first.name)} vs {ascii(folder.name)})"
+            else:
+                how = "differ only in case, which this file system does not tell apart"
+            raise UserError(
+                f"data.root={root}: class folders {first} and {folder} {how}; rename one so that both "
+                "are written the same way (or merge them)"
+            )
 
 
 def save_split(split: Split, run_dir: Path) -> Path:

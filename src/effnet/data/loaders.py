@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from effnet.data import pixels
 from effnet.data.folders import Sample, Split
 from effnet.preprocessing import Preprocessing
 from effnet.recipes import decode_size
@@ -37,8 +38,10 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompression
 
 def load_rgb(path: str, min_size: int) -> Image.Image:
     """Decode as RGB, upright per EXIF. Large JPEGs decode at a reduced DCT scale that still
-    leaves at least `min_size` pixels on the short side: several times faster on big photos."""
+    leaves at least `min_size` pixels on the short side: several times faster on big photos.
+    An image over the pixel limit (effnet.data.pixels) is refused before it is decoded."""
     with Image.open(path) as img:
+        pixels.check(img)
         img.draft("RGB", (min_size, min_size))
         img = ImageOps.exif_transpose(img)
         return to_8bit(img).convert("RGB")

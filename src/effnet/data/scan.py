@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from effnet.data import folders
+from effnet.data import folders, pixels
 from effnet.errors import UserError
 from effnet.files import write_json
 
@@ -62,9 +61,10 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def bad_files(self) -> set[str]:
-        """Image files that cannot be used (not folders, not files that are no image by name)."""
-        return {p["file"] for p in self.problems if folders.is_image(p["file"])}
+    def bad_files(self) -> dict[str, str]:
+        """Image files that cannot be used (not folders, not files that are no image by name),
+        each with why: what a folder of nothing but corrupt files is reported with."""
+        return {p["file"]: p["reason"] for p in self.problems if folders.is_image(p["file"])}
 
 
 EMPTY_CLASS = "empty class folder: no usable images"
@@ -76,12 +76,10 @@ def check_image(path: str, max_pixels: int) -> FileCheck:
         if os.path.getsize(path) == 0:
             return FileCheck("empty file (0 bytes)")
         with Image.open(path) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                return FileCheck(
-                    f"too many pixels: {width}x{height} = {width * height:,} > data.max_image_pixels="
-                    f"{max_pixels:,} (decompression bomb?)"
-                )
+            try:
+                pixels.check(img, max_pixels)
+            except pixels.TooManyPixels as exc:
+                return FileCheck(str(exc))
             mode = img.mode
             rotated = img.getexif().get(0x0112, 1) not in (0, 1)
             img.draft("RGB", (64, 64))  # JPEG: decode every block, at 1/8 scale
@@ -141,8 +139,6 @@ def scan_folder(
 ) -> DataReport:
     """Check every file under the class folders of `root` (both layouts)."""
     started = time.perf_counter()
-    # above Image.MAX_IMAGE_PIXELS Pillow warns on open; the refusal below says it better
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     report = DataReport(root=str(root))
     images, class_images = [], {}
     found = folders.walk(root)
@@ -170,13 +166,41 @@ def scan_folder(
         report.exif_rotated += check.rotated
         if check.mode != "RGB":
             modes[check.mode] += 1
+    training = next(iter(found.classes), None)  # folders.layout_folders: the training folder first
     for class_folder, paths in class_images.items():
-        if not any(checks[p].reason is None for p in paths):
-            report.problems.append({"file": f"{class_folder}{os.sep}", "reason": EMPTY_CLASS})
+        if any(checks[p].reason is None for p in paths):
+            continue
+        if paths:  # corrupt data is not missing data: say what was there and why none of it counts
+            first = paths[0]
+            detail = f"none of its {len(paths)} image file(s) is usable, e.g. {Path(first).name}: {checks[first].reason}"
+        else:
+            detail = "it holds no image files"
+        report.problems.append({"file": f"{class_folder}{os.sep}", "reason": f"{EMPTY_CLASS} ({detail})"})
+        if class_folder.parent == training:
+            report.warnings.append(f"class {class_folder.name} left out: {detail}")
     report.problems.sort(key=lambda p: p["file"])
     report.converted_to_rgb = dict(sorted(modes.items()))
     report.seconds = round(time.perf_counter() - started, 2)
     return report
+
+
+def describe_validation(report: DataReport, split: folders.Split) -> None:
+    """Warn about every class validation cannot score: one image in all (it trains on it, so it
+    is held out of nothing), or none in a val/ folder."""
+    train = folders.class_counts(split.train, split.classes)
+    val = folders.class_counts(split.val, split.classes)
+    for name in split.classes:
+        if val[name]:
+            continue
+        if split.held_out and train[name] == 1:
+            report.warnings.append(
+                f"class {name} has a single image: it is used for training, so no validation image is "
+                "held out for it and its accuracy is not measured; add images to it"
+            )
+        else:
+            report.warnings.append(
+                f"class {name} has no validation image (none in the validation folder): its accuracy is not measured"
+            )
 
 
 def describe_balance(report: DataReport, counts: dict[str, int], balance: str, min_images: int) -> None:

@@ -218,7 +218,8 @@ def print_report(result: dict) -> None:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """eval.py: score a checkpoint (or exported model) and write eval.json and pictures into out_dir."""
-    from effnet.deploy.predict import load_predictor, model_file
+    from effnet.deploy.paths import model_file
+    from effnet.deploy.predict import load_predictor
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = model_file(str(cfg.ckpt))

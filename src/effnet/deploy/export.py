@@ -8,13 +8,18 @@ the run's val images: a bundle whose numbers are in its card is a bundle that wa
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import logging
 import os
 import platform
 import shutil
+import signal
 import statistics
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,11 +29,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from effnet import diskspace, files
 from effnet.checkpoints import find, read
 from effnet.data import folders
 from effnet.deploy import bundle
 from effnet.deploy.evaluate import evaluate, find_run_dir, labelled_samples
-from effnet.deploy.predict import CONFIG_FILE, Predictor, batches, load_predictor
+from effnet.deploy.paths import EXPORT_FILE
+from effnet.deploy.predict import CONFIG_FILE, Predictor, batches, load_file, load_predictor
 from effnet.errors import UserError
 from effnet.files import write_json
 from effnet.preprocessing import Preprocessing
@@ -326,37 +333,105 @@ def quiet_exporters() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM during an export; a BaseException so that no `except Exception` on the
+    way (an image loader's, a task's) mistakes it for a failure of its own."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Turn SIGINT and SIGTERM into Stopped for the duration: the default SIGTERM ends the
+    process at once, with no word and its staging folder left behind."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def what_is_kept(out: Path) -> str:
+    """The state of `out` after an export that did not finish: it was never touched."""
+    try:
+        previous = json.loads((out / "export.json").read_text()).get("exported_at")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous:
+        return f"the previous bundle in {out} (exported {previous}) is kept as it was"
+    if out.exists():
+        return f"{out} is kept as it was"
+    return f"nothing was written to {out}"
+
+
 def run(cfg: DictConfig, command: str = "export.py") -> dict:
-    """export.py: write the bundle, load every file back, verify it and measure it."""
+    """export.py: build the bundle in a staging folder beside `out`, load every file back, verify
+    and measure it, then swap it in whole. An export that fails or is stopped (SIGINT, SIGTERM)
+    leaves `out` exactly as it was: a bundle is the files that were verified together or nothing."""
     quiet_exporters()
     ckpt = read.model_checkpoint(str(cfg.ckpt))
-    module = read.load_module(ckpt)
+    out = Path(cfg.out).expanduser() if cfg.out else find.run_dir_of(ckpt) / "export" / cfg.format
+    staging = None
+    try:
+        with stop_signals():
+            module = read.load_module(ckpt)
+            weights = sum(p.numel() * p.element_size() for p in module.parameters())
+            try:
+                staging = files.staging_folder(out)
+            except OSError as exc:  # e.g. a read-only place the checks before the run could not tell
+                if diskspace.no_space(exc, out) is not None:
+                    raise diskspace.NoSpace("the export bundle", out, diskspace.no_space(exc, out)) from exc
+                raise UserError(f"out={cfg.out or out}: cannot be written ({exc.strerror})") from exc
+            needed = int(weights * (1.25 if cfg.quantize == "int8" else 1)) + (1 << 20)  # + labels, card
+            with diskspace.writing(out, "the export bundle", needed, what_is_kept(out), remove=[staging]):
+                info = build(cfg, ckpt, module, out, staging, command)
+                files.replace_folder(staging, out)
+            staging = None
+    except Stopped as stopped:
+        print(
+            f"effnet: export interrupted by {stopped.signal.name}; {what_is_kept(out)}; "
+            "the unfinished export was discarded",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + int(stopped.signal)) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    print_summary(info)
+    return info
+
+
+def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command: str) -> dict:
+    """Write, load back, verify and measure the bundle in `staging`; `out` is where it will live."""
     net, prep = bundle.deployable(module), module.preprocessing
     classes = list(module.spec.classes)
-    run_dir = find.run_dir_of(ckpt)
-    out = Path(cfg.out).expanduser() if cfg.out else run_dir / "export" / cfg.format
     train, (val, source) = export_images(cfg, ckpt, classes)
     reference = load_predictor(str(ckpt))  # scored first: a model with nan outputs writes no bundle
     eager = evaluate(reference, val, cfg.batch_size, cfg.num_workers)
 
-    if out.exists():
-        shutil.rmtree(out)  # a bundle is rewritten whole: no stale int8 next to a new fp32
-    try:
-        out.mkdir(parents=True)
-    except OSError as exc:  # e.g. a read-only place the checks before the run could not tell
-        raise UserError(f"out={cfg.out or out}: cannot be written ({exc.strerror})") from exc
     log.info("exporting %s to %s (%s)", ckpt, out, cfg.format)
-    exported = [EXPORTERS[cfg.format](net, prep, out, cfg, module)]
-    bundle.write_meta(out, prep, classes)
+    exported = [EXPORTERS[cfg.format](net, prep, staging, cfg, module)]
+    bundle.write_meta(staging, prep, classes)
     if cfg.quantize == "int8":
         calibration = train[: cfg.calibration.images]
         log.info("int8: calibrating on %d training images", len(calibration))
-        exported.append(quantize_int8(exported[0], out, calibration, prep, cfg.calibration.batch_size))
+        exported.append(quantize_int8(exported[0], staging, calibration, prep, cfg.calibration.batch_size))
 
     artefacts = {"pytorch": {"top1": eager.report["top1"], "macro_f1": eager.report["macro_f1"]}}
     predictors = {"pytorch": reference}
     for path in exported:
-        predictor = load_predictor(str(path))
+        predictor = load_file(path)
         scored = evaluate(predictor, eager.samples, cfg.batch_size, cfg.num_workers)
         agreement = compare(eager.logits, scored.logits)
         artefacts[predictor.name] = {
@@ -370,9 +445,9 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
         predictors[predictor.name] = predictor
         if "int8" not in predictor.name and not verified(agreement, cfg.verify.atol):
             raise UserError(
-                f"verification failed: {path} differs from PyTorch on {agreement['images']} val images "
+                f"verification failed: {out / path.name} differs from PyTorch on {agreement['images']} val images "
                 f"(max abs logit diff {agreement['max_abs_logit_diff']:.2e} > verify.atol={cfg.verify.atol}, "
-                f"same top-1 on {agreement['top1_agreement']:.1%}); try exporter=torchscript"
+                f"same top-1 on {agreement['top1_agreement']:.1%}); {what_is_kept(out)}; try exporter=torchscript"
             )
     info = {
         "backbone": module.spec.backbone,
@@ -386,7 +461,7 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
         "parameters": sum(p.numel() for p in net.parameters()),
         "flops": count_flops(net, prep),
         "preprocessing": prep.to_json(),
-        "files": {p.name: _mb(p) for p in sorted(out.iterdir()) if p.is_file()},
+        "files": {p.name: _mb(p) for p in sorted(staging.iterdir()) if p.is_file()},
         "eval_data": f"{len(eager.samples)} val images from {source}",
         "artefacts": artefacts,
         "out": str(out),
@@ -401,8 +476,7 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
             name: latency(p, prep, cfg.bench.batch_sizes, cfg.bench.repeats)
             for name, p in track(predictors.items(), len(predictors), "benchmark")
         }
-    (out / "model_card.md").write_text(model_card(info))
-    write_json(out / "export.json", info)
-    info["files"] = {p.name: _mb(p) for p in sorted(out.iterdir()) if p.is_file()}
-    print_summary(info)
+    files.write_text(staging / "model_card.md", model_card(info))
+    write_json(staging / EXPORT_FILE, info)  # last: a bundle holding export.json was verified whole
+    info["files"] = {p.name: _mb(p) for p in sorted(staging.iterdir()) if p.is_file()}
     return info

@@ -14,6 +14,7 @@ from effnet.checkpoints.find import locate
 from effnet.errors import UserError
 
 PREPROCESSING_FILE = "preprocessing.json"  # what makes a folder an export bundle
+EXPORT_FILE = "export.json"  # written last by export.py: what makes a bundle a verified one
 ONNX_FILES = ("model.int8.onnx", "model.onnx")  # a bundle's preferred model first
 BUNDLE_MODELS = (*ONNX_FILES, "model.pt", "model.safetensors")
 EXPORTED_SUFFIXES = (".onnx", ".pt", ".safetensors")
@@ -30,6 +31,25 @@ def model_file(ckpt: str) -> Path:
     if path.is_file() and path.suffix in EXPORTED_SUFFIXES:
         return path
     return locate(ckpt, "model", "ckpt")
+
+
+def deployable_file(ckpt: str) -> Path:
+    """model_file, refusing a model from an export bundle that export.py did not finish."""
+    path = model_file(ckpt)
+    if path.suffix in EXPORTED_SUFFIXES and (path.parent / PREPROCESSING_FILE).is_file():
+        check_complete(path.parent, ckpt)
+    return path
+
+
+def check_complete(folder: Path, ckpt: str) -> None:
+    """A bundle folder without export.json is what an export cut short leaves (before effnet
+    built bundles aside and swapped them in): its model was never checked against PyTorch."""
+    if not (folder / EXPORT_FILE).is_file():
+        raise UserError(
+            f"ckpt={ckpt}: unfinished export bundle ({folder} has no {EXPORT_FILE}: the export that wrote "
+            "it did not finish, so its model was never verified); run export.py again for it, or pass "
+            "the training run folder"
+        )
 
 
 def expand_inputs(inputs: str) -> list[Path]:

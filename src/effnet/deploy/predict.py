@@ -21,7 +21,7 @@ from effnet import recipes
 from effnet.checkpoints import read
 from effnet.data.loaders import load_rgb
 from effnet.deploy import bundle
-from effnet.deploy.paths import expand_inputs, model_file
+from effnet.deploy.paths import deployable_file, expand_inputs
 from effnet.errors import UserError
 from effnet.files import csv_text, write_text
 from effnet.plan import usable_cores
@@ -113,7 +113,13 @@ LOADERS: dict[str, Callable[[Path], Predictor]] = {
 
 
 def load_predictor(ckpt: str) -> Predictor:
-    path = model_file(ckpt)
+    """What a user passes as ckpt=: a checkpoint, a run folder, a verified bundle or a file in one."""
+    return load_file(deployable_file(ckpt))
+
+
+def load_file(path: Path) -> Predictor:
+    """A model file as it is, by its suffix: export.py verifies its bundle's files through this
+    before the bundle is complete (load_predictor refuses a bundle without export.json)."""
     return LOADERS.get(path.suffix, from_checkpoint)(path)
 
 

@@ -3,7 +3,8 @@
 SIGINT, SIGTERM and SIGUSR1 take one path: the current training step finishes (on every rank,
 whichever got the signal), a checkpoint of that moment is written, and the run exits with 128 +
 the signal number and one line holding the command that resumes it. A second Ctrl-C abandons the
-step at once; the atomic checkpoint writes keep every file on disk whole.
+step at once; so does a batch still running STOP_GRACE_S after SIGINT or SIGTERM (a first step on
+huge images); the atomic checkpoint writes keep every file on disk whole.
 
 In a SLURM batch job, SIGUSR1 is the warning before the time limit (`--signal=USR1@90`; the
 hydra/launcher=slurm preset asks for it): rank 0 then requeues the job, which starts again in the
@@ -18,6 +19,8 @@ import os
 import shlex
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +34,12 @@ log = logging.getLogger("effnet")
 # SLURM: `#SBATCH --signal=USR1@90` sends SIGUSR1 90 s before the time limit.
 REQUEUE_SIGNAL = signal.SIGUSR1
 SIGNALS = (signal.SIGINT, signal.SIGTERM, REQUEUE_SIGNAL)
+# A batch (training or validation) still running this long after SIGINT/SIGTERM is abandoned: a
+# first step on huge images would otherwise hold the stop for minutes (a signal handler runs only
+# between Python instructions, not inside one convolution).
+STOP_GRACE_S = 5.0
+# Test hook: seconds each training step takes longer, to stand for a slow first step.
+STEP_DELAY_ENV = "EFFNET_STEP_DELAY_S"
 
 
 class Interrupts(Callback):
@@ -54,6 +63,11 @@ class Interrupts(Callback):
         self.requeue = False  # rank 0 of a SLURM job stopped by its time-limit warning
         self.resume: str = ""  # the command that resumes the run, should the requeue fail
         self._previous: dict[int, object] = {}
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._batch_started: float | None = None  # time.monotonic() of the batch in progress
+        self.stopping = False  # a step boundary was reached: the orderly stop is under way
+        self.trainer = None
 
     def _on_signal(self, signum, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
@@ -61,10 +75,47 @@ class Interrupts(Callback):
         self.received = self.received or signal.Signals(signum)
         if signum == signal.SIGINT:
             print(
-                "effnet: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
+                f"effnet: stopping after this step and saving a checkpoint (a step still running in "
+                f"{STOP_GRACE_S:g} s is abandoned; Ctrl-C again to stop now)",
                 file=sys.stderr,
                 flush=True,
             )
+        if signum != REQUEUE_SIGNAL and self._watchdog is None:  # SLURM's warning leaves time to requeue
+            self._watchdog = threading.Thread(target=self._watch, args=(self.received,), daemon=True)
+            self._watchdog.start()
+
+    def _watch(self, received: signal.Signals) -> None:
+        """The watchdog, a thread: it runs while the main one is inside a long torch operation.
+        A batch in progress that has not ended STOP_GRACE_S after the signal (or after it began)
+        is abandoned: say what is kept and leave now. A signal during setup still stops at the end
+        of the first step, as that step is quick; a checkpoint being written when the process
+        leaves is a .tmp the next start removes, the previous file intact."""
+        signalled = time.monotonic()
+        while not self.stopping and not self._closed.is_set():
+            started = self._batch_started
+            if started is not None and time.monotonic() - max(signalled, started) > STOP_GRACE_S:
+                if runs.global_rank() == 0:
+                    print(f"effnet: {self.abandoned_line(received)}", file=sys.stderr, flush=True)
+                os._exit(128 + int(received))
+            self._closed.wait(0.2)
+
+    def abandoned_line(self, received: signal.Signals) -> str:
+        from effnet.checkpoints import find, resume
+
+        run_dir = self.path.parent.parent
+        where = ""
+        if self.trainer is not None:
+            where = f" in epoch {self.trainer.current_epoch + 1}/{self.trainer.max_epochs} (step {self.trainer.global_step})"
+        last = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
+        then = (
+            f"resume with: {resume_command(run_dir)}  (continues from the start of epoch {resume.resume_epoch(last) + 1})"
+            if last is not None
+            else "no checkpoint had been written yet: start the run again"
+        )
+        return (
+            f"interrupted by {received.name}{where}; the step in progress had not ended {STOP_GRACE_S:g} s "
+            f"later, so it was abandoned (no checkpoint of this moment); {then}"
+        )
 
     @contextlib.contextmanager
     def installed(self):
@@ -74,6 +125,7 @@ class Interrupts(Callback):
         try:
             yield self
         finally:
+            self._closed.set()
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
 
@@ -95,8 +147,23 @@ class Interrupts(Callback):
         # Lightning has just put in its SIGTERM handler (see the class docstring); its teardown
         # puts this one back, and installed() the one from before the run.
         signal.signal(signal.SIGTERM, self._on_signal)
+        self.trainer = trainer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_started = time.monotonic()
+        if delay := float(os.environ.get(STEP_DELAY_ENV, "0") or 0):
+            time.sleep(delay)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch_started = time.monotonic()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._batch_started = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_started = None
         signum = int(self.received or 0)
         if trainer.world_size > 1:  # every rank runs as many training batches: all get here
             agreed = torch.tensor([signum], device=trainer.strategy.root_device)
@@ -104,6 +171,7 @@ class Interrupts(Callback):
             signum = int(agreed.item())
         if signum:
             self.received = self.received or signal.Signals(signum)  # a rank the signal missed
+            self.stopping = True  # the watchdog stands down: this is the orderly stop
             raise SIGTERMException
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

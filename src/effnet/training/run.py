@@ -16,14 +16,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
-from effnet import cluster, runfolder, runs
+from effnet import cluster, diskspace, runfolder, runs
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
-from effnet.data import folders, scan
+from effnet.data import folders, pixels, scan
 from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
+from effnet.errors import held_warnings
 from effnet.files import write_json
 from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
@@ -63,6 +63,12 @@ def run(
     with stop.installed():
         try:
             return train(cfg, run_dir, stop, split, trial)
+        except Exception as exc:
+            full = diskspace.NoSpace.of(exc)
+            if full is None or full.kept is not None:
+                raise
+            # a checkpoint, a figure, the metrics, the data cache, the scan's cache: the disk is full
+            raise full.keeping(kept_checkpoint(run_dir)) from exc
         finally:
             stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
@@ -78,6 +84,9 @@ def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split,
     runfolder.record(run_dir, runfolder.identity_of(plan))
     write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
     scan.log_report(report, cfg.data.on_bad_image)
+    for warning in plan.warnings:  # what the plan adjusted (a shrunk batch, a tier): the log says it too
+        if warning not in report.warnings:  # the data's own were logged with the scan
+            log.warning(warning)
     (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
 
 
@@ -128,15 +137,18 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
-    if checkpoint is not None:
-        runfolder.check_checkpoint(cfg, run_dir, checkpoint)
-    Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels  # the loaders' own guard, at the scan's limit
-    resumed = str(checkpoint) if checkpoint else None
-    plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
-    if runs.global_rank() == 0:
-        prepare_run_dir(run_dir, plan, split, report, cfg)
-    torch.set_num_threads(plan.loading.threads)
-    module = ClassifierModule(**plan.module_args(), init=plan.init)
+    # the setup reads the user's files (checkpoint, images, weights): a torch or Pillow warning
+    # about one must not precede the line that refuses it
+    with held_warnings():
+        if checkpoint is not None:
+            runfolder.check_checkpoint(cfg, run_dir, checkpoint)
+        pixels.set_limit(cfg.data.max_image_pixels)  # the loaders' guard, at the scan's limit
+        resumed = str(checkpoint) if checkpoint else None
+        plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
+        if runs.global_rank() == 0:
+            prepare_run_dir(run_dir, plan, split, report, cfg)
+        torch.set_num_threads(plan.loading.threads)
+        module = ClassifierModule(**plan.module_args(), init=plan.init)
     setup = {**plan.summary(), "parameters": sum(p.numel() for p in module.net.parameters())}
     log.info(
         "recipe: %s", ", ".join(f"{k}={v}" for k, v in setup.items() if k not in ("classes", "preprocessing"))
@@ -235,6 +247,17 @@ def fit(
         interrupts.exit_interrupted(
             stop, trainer, run_dir, resume.resume_epoch(resume_from) if resume_from else 0
         )
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a run that failed to write keeps, and how to go on once there is room."""
+    last = find.in_folder(run_dir / find.CHECKPOINTS, "resume")
+    if last is None:
+        return "no checkpoint had been written yet: free some space and start the run again"
+    return (
+        f"the last good checkpoint is kept ({last}, resuming at the start of epoch "
+        f"{resume.resume_epoch(last) + 1}): free some space, then resume with: {interrupts.resume_command(run_dir)}"
+    )
 
 
 def print_summary(summary: dict) -> None:
