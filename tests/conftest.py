@@ -10,10 +10,13 @@ import pytest
 
 from effnet.cli.app import register_resolvers
 from tests import slurm_cluster as cluster
-from tests.helpers import TINY, compose_cfg, make_images
+from tests.helpers import TINY, compose_cfg, make_images, source_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Every process a test starts (train.py, torchrun, a shell, a SLURM job) runs this checkout's code,
+# not the one an editable install points at (a git worktree's main).
+os.environ["PYTHONPATH"] = source_path()
 
 
 @pytest.fixture(scope="session", autouse=True)
