@@ -14,10 +14,11 @@ Marked commands are collected as skipped tests with that reason (`pytest -ra` li
 
 Run: every other command by the first rule of RULES whose pattern it matches, in a fresh copy of
 the checkout (README commands run from the repository root), with PLACEHOLDERS replaced and the
-rule's small settings appended (Hydra takes the last value of a key). Python commands run in a
-fork of one interpreter that has imported torch, Lightning and timm once (tests/helpers.WarmEntry):
-each is still its own process, with its real entry script and argv. A command that no rule
-matches, or that a rule says must be marked, fails and says what to add.
+rule's small settings added (in place of the command's own value of a key it sets: the scripts
+refuse a key given twice). Python commands run in a fork of one interpreter that has imported
+torch, Lightning and timm once (tests/helpers.WarmEntry): each is still its own process, with
+its real entry script and argv. A command that no rule matches, or that a rule says must be
+marked, fails and says what to add.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Rule:
     pattern: str  # re.search in the README command: one line, comments dropped, placeholders as written
     how: str  # python: in the warm interpreter | make: its recipe | shell | mark: README.md must mark it
     expect: str = "finished"  # the check below that says what the command must have done
-    add: tuple[str, ...] = ()  # appended to the command line
+    add: tuple[str, ...] = ()  # key=value settings: replace the command's value of the key, else appended
     # run: outputs/train/<run>; bundle: <run>/export/onnx; sweep: outputs/multirun/<timestamp>
     setup: tuple[str, ...] = ()
     jobs: int | None = None  # a sweep's jobs; None: as many as the command's comma lists make
@@ -399,6 +400,24 @@ class Values(dict):
         return data[key]
 
 
+def with_settings(words: list[str], settings: tuple[str, ...]) -> list[str]:
+    """`words` with each key=value of `settings` in place of the command's own value of that key
+    (`+key` and `key` are one key), or appended; later settings win over earlier ones."""
+    words = list(words)
+    for setting in settings:
+        key = setting.split("=", 1)[0].lstrip("+")
+        same = [
+            i
+            for i, w in enumerate(words)
+            if "=" in w and not w.startswith("-") and w.split("=", 1)[0].lstrip("+") == key
+        ]
+        if same:
+            words[same[0]] = setting
+        else:
+            words.append(setting)
+    return words
+
+
 def is_python(word: str) -> bool:
     return re.fullmatch(r"python(3(\.\d+)?)?", Path(word).name) is not None
 
@@ -449,7 +468,7 @@ class Runner:
             shutil.copytree(self.fixture("readme_sweep"), self.checkout / "outputs" / "multirun" / SWEEP)
 
     def execute(self, words: list[str], rule: Rule) -> Outcome:
-        words = [*words, *rule.add]
+        words = with_settings(words, rule.add)
         assert is_python(words[0]), f"{rule.pattern}: not a python command: {shlex.join(words)}"
         script, args = (f"-m {words[2]}", words[3:]) if words[1] == "-m" else (words[1], words[2:])
         script = script if script.startswith("-m ") else str(self.checkout / script)
@@ -543,6 +562,13 @@ def test_the_table_asks_for_a_marker_where_a_command_cannot_run_here():
     assert rule_for("python train.py data=demo trainer=ddp trainer.devices=2").add == DRY_RUN
     assert all(r.expect in CHECKS and set(r.setup) <= {"run", "bundle", "sweep"} for r in RULES)
     assert rule_for("curl https://example.com | sh") is None
+
+
+def test_small_settings_replace_the_value_of_a_key_the_command_sets():
+    words = ["python", "train.py", "sweep=optuna", "hydra.sweeper.n_trials=30", "+x=1", "--cfg", "job"]
+    assert with_settings(words, ("epochs=1", "hydra.sweeper.n_trials=1", "x=2", "epochs=3")) == [
+        "python", "train.py", "sweep=optuna", "hydra.sweeper.n_trials=1", "x=2", "--cfg", "job", "epochs=3"
+    ]  # fmt: skip
 
 
 def test_every_marker_marks_a_command():
