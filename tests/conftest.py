@@ -11,10 +11,13 @@ import pytest
 
 from effnet.cli.app import register_resolvers
 from tests import slurm_cluster as cluster
-from tests.helpers import TINY, compose_cfg, make_images
+from tests.helpers import TINY, compose_cfg, make_images, source_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Every process a test starts (train.py, torchrun, a shell, a SLURM job) runs this checkout's code,
+# not the one an editable install points at (a git worktree's main).
+os.environ["PYTHONPATH"] = source_path()
 
 # The versions the header records: what decides whether the suite's result carries to another machine.
 HEADER_PACKAGES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "optuna")

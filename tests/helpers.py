@@ -133,7 +133,10 @@ for line in sys.stdin:
                 os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
             sys.argv = [case["script"], *case["args"]]
             try:
-                runpy.run_path(case["script"], run_name="__main__")
+                if case["script"].startswith("-m "):  # python -m module args
+                    runpy.run_module(case["script"][3:], run_name="__main__", alter_sys=True)
+                else:
+                    runpy.run_path(case["script"], run_name="__main__")
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -160,8 +163,9 @@ class WarmRun(subprocess.CompletedProcess):
 
 class WarmEntry:
     """`run(script, args, cwd)` runs train.py/eval.py/predict.py/export.py as `python script args`
-    would, in a process forked from an interpreter that has already imported effnet.cli.app (and
-    the `preload` modules: then `heavy` says nothing about the case)."""
+    would (`script` "-m name": as `python -m name args`), in a process forked from an interpreter
+    that has already imported effnet.cli.app (and the `preload` modules: then `heavy` says nothing
+    about the case)."""
 
     def __init__(self, scratch: Path, preload: tuple[str, ...] = ()) -> None:
         self.scratch = scratch
@@ -177,7 +181,8 @@ class WarmEntry:
     def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:
         self.count += 1
         files = {k: str(self.scratch / f"{self.count}.{k}") for k in ("stdout", "stderr", "modules")}
-        case = {"script": str(ROOT / script), "args": args, "cwd": str(cwd), "env": env or {}, **files}
+        script = script if script.startswith("-m ") else str(ROOT / script)
+        case = {"script": script, "args": args, "cwd": str(cwd), "env": env or {}, **files}
         self.proc.stdin.write(json.dumps(case) + "\n")
         self.proc.stdin.flush()
         code = json.loads(self.proc.stdout.readline())
