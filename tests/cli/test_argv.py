@@ -100,10 +100,14 @@ def test_overrides_may_stand_on_both_sides_of_a_flag():
     assert order_flags(args, "train.py") == ["-m", "--cfg", "job", "data.root=/p", "lr=1e-3,1e-4", "seed=1"]
 
 
-def test_a_key_given_twice_is_one_line_not_a_silent_last_wins(tmp_path):
-    with pytest.raises(UserError, match=r"lr is given twice \(lr=1e-3, then \+lr=3e-4\)"):
-        order_flags(["lr=1e-3", "-m", "+lr=3e-4"], "train.py")
-    assert order_flags(["~lr", "lr=1"], "train.py") == ["~lr", "lr=1"]  # a deletion then a value
+def test_a_config_group_chosen_twice_is_one_line_not_a_silent_last_wins(tmp_path):
+    groups = ("preset", "model")
+    with pytest.raises(UserError, match=r"model is given twice \(model=b0, then \+model=b3\)"):
+        order_flags(["model=b0", "-m", "+model=b3"], "train.py", groups)
+    with pytest.raises(UserError, match=r"hydra/launcher is given twice"):
+        order_flags(["hydra/launcher=basic", "hydra/launcher=slurm"], "train.py", groups)
+    # a plain value keeps Hydra's rule (a sweep over a key with a base value relies on it)
+    assert order_flags(["lr=1e-3", "-m", "lr=1e-3,3e-4"], "train.py", groups)[-1] == "lr=1e-3,3e-4"
     result = run_train(["data.root=/x", "preset=small", "preset=large", "dry_run=true"], cwd=tmp_path)
     assert result.returncode == 2
     assert one_error_line(result) == (
