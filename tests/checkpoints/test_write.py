@@ -21,5 +21,14 @@ def test_a_write_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, monkey
     monkeypatch.undo()
     assert find.is_complete(path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
+    # the failed write removed its own .tmp (a SIGKILL cannot: remove_stale_temporaries is for that)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert write.remove_stale_temporaries(tmp_path) == []
+
+
+def test_a_temporary_left_by_a_killed_write_is_removed_at_the_next_start(tmp_path):
+    """SIGKILL mid-write leaves <name>.tmp; the next start removes it and keeps the checkpoint."""
+    write.AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
+    (tmp_path / "last.ckpt.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
     assert write.remove_stale_temporaries(tmp_path) == [tmp_path / "last.ckpt.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]

@@ -382,6 +382,9 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     ckpt = read.model_checkpoint(str(cfg.ckpt))
     out = Path(cfg.out).expanduser() if cfg.out else find.run_dir_of(ckpt) / "export" / cfg.format
     staging = None
+    # Folders this export creates above `out` (e.g. <run>/export/): a failed export removes them
+    # again, so it leaves the run folder as it found it.
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         with stop_signals():
             module = read.load_module(ckpt)
@@ -408,6 +411,9 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+            for folder in created:  # deepest first; rmdir leaves anything not empty alone
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     print_summary(info)
     return info
 
