@@ -82,6 +82,10 @@ def held_warnings() -> Iterator[None]:
         if one_line(exc) is None or wants_traceback():
             _replay(caught)
         raise
+    except SystemExit as exc:
+        if exc.code in (0, None) or wants_traceback():  # a stop has said its line: nothing after it
+            _replay(caught)
+        raise
     except BaseException:
         _replay(caught)
         raise

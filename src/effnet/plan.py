@@ -676,12 +676,26 @@ def check_trainer_keys(trainer_cfg: DictConfig) -> None:
 def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
     """(the command-line overrides, the preset chosen), when running under Hydra: from the
     config's own `hydra` node before the job starts (a dry run), from HydraConfig inside it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+    hydra_cfg = _hydra_node(cfg)
     if hydra_cfg is None:
         return [], None
     return list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("preset")
+
+
+def _hydra_node(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
+    return cfg.get("hydra") or (HydraConfig.get() if HydraConfig.initialized() else None)
+
+
+def repeated_choices(cfg: DictConfig) -> list[str]:
+    """A warning for each config group the command line chose twice (effnet.cli.argv)."""
+    from effnet.cli.argv import repeated_choices as notes
+
+    hydra_cfg = _hydra_node(cfg)
+    if hydra_cfg is None:
+        return []
+    return notes(list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices))
 
 
 def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = None, split=None):
@@ -717,6 +731,9 @@ def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = N
             cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None or not device.cuda
         ),
     )
+    said = repeated_choices(cfg)  # the plan (dry run) and the run's log say it
+    if said:
+        plan = replace(plan, warnings=(*said, *plan.warnings))
     return plan, split, report
 
 

@@ -100,16 +100,29 @@ def test_overrides_may_stand_on_both_sides_of_a_flag():
     assert order_flags(args, "train.py") == ["-m", "--cfg", "job", "data.root=/p", "lr=1e-3,1e-4", "seed=1"]
 
 
-def test_a_config_group_chosen_twice_is_one_line_not_a_silent_last_wins(tmp_path):
-    groups = ("preset", "model")
-    with pytest.raises(UserError, match=r"model is given twice \(model=b0, then \+model=b3\)"):
-        order_flags(["model=b0", "-m", "+model=b3"], "train.py", groups)
-    with pytest.raises(UserError, match=r"hydra/launcher is given twice"):
-        order_flags(["hydra/launcher=basic", "hydra/launcher=slurm"], "train.py", groups)
-    # a plain value keeps Hydra's rule (a sweep over a key with a base value relies on it)
-    assert order_flags(["lr=1e-3", "-m", "lr=1e-3,3e-4"], "train.py", groups)[-1] == "lr=1e-3,3e-4"
-    result = run_train(["data.root=/x", "preset=small", "preset=large", "dry_run=true"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert one_error_line(result) == (
-        "preset is given twice (preset=small, then preset=large): Hydra would silently keep the last; pass it once"
+def test_a_config_group_chosen_twice_is_said_in_the_plan(tmp_path, monkeypatch):
+    """preset=small preset=large: Hydra keeps the last without a word; the plan (dry run and the
+    run's log) says so. A plain value given twice is Hydra's ordinary last-wins, said nowhere."""
+    from hydra import compose, initialize_config_dir
+
+    from effnet import plan
+    from effnet.cli.argv import repeated_choices
+    from tests.helpers import CONF_DIR
+
+    groups = {"preset", "model", "hydra/launcher"}
+    assert repeated_choices(["preset=small", "lr=1", "+preset=large", "lr=2", "~model"], groups) == [
+        "preset is given twice (preset=small, then +preset=large): the last wins, preset=large"
+    ]
+    assert repeated_choices(["hydra/launcher=basic", "hydra/launcher=slurm"], groups)[0].startswith(
+        "hydra/launcher is given twice"
     )
+    monkeypatch.chdir(tmp_path)
+    data = make_images(tmp_path / "data", {"ant": 4, "bee": 4})
+    overrides = [f"data.root={data}", "trainer.accelerator=cpu", "preset=small", "preset=large"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    resolved, _, _ = plan.resolve(cfg)
+    assert resolved.recipe.data_size == "large"
+    assert "preset is given twice (preset=small, then preset=large): the last wins, preset=large" in [
+        value for key, value in plan.rows(resolved) if key == "warning"
+    ]

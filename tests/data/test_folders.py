@@ -243,3 +243,15 @@ def test_class_names_differing_in_case_are_refused_only_where_the_file_system_ig
         match=r"class folders .*/train/Cat and .*/val/cat differ only in case, which this file system",
     ):
         folders.discover(tmp_path / "split")
+
+
+def test_unreadable_files_are_left_out_when_data_root_is_relative(tmp_path, monkeypatch):
+    """The scan and the split must name files alike: a relative data.root once let every bad file in."""
+    monkeypatch.chdir(tmp_path)
+    make_images(tmp_path / "photos", {"ant": 4, "bee": 4})
+    bad = _corrupt(tmp_path / "photos" / "ant", 2)
+    report, unusable = _scanned(Path("photos"), tmp_path)
+    assert sorted(unusable) == [str(p) for p in bad]  # absolute, as the split's paths are
+    split = folders.discover("photos", exclude=unusable)
+    assert not {p for p, _ in split.train + split.val} & {str(p) for p in bad}
+    assert len(split.train) + len(split.val) == 8

@@ -206,8 +206,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:
-        groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}  # conf/model/, conf/preset/, ...
-        sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name, groups)  # `~`, flags, repeats
+        sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name)  # `~` in paths, unknown flags
         app()
     except Exception as exc:
         exit_for(exc)

@@ -41,7 +41,7 @@ def expand_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
-def order_flags(args: Sequence[str], script: str, groups: Collection[str] = ()) -> list[str]:
+def order_flags(args: Sequence[str], script: str) -> list[str]:
     """The arguments with Hydra's flags first and the overrides after them, so `data.root=x -m
     lr=1,2` works as `-m data.root=x lr=1,2` does (argparse takes positionals from one place
     only); UserError for a flag or flag value that Hydra's own argument parser rejects."""
@@ -59,7 +59,6 @@ def order_flags(args: Sequence[str], script: str, groups: Collection[str] = ()) 
     if unknown:
         error(f"unknown option {' '.join(unknown)}")
     overrides = list(parsed.overrides or [])
-    refuse_repeats(overrides, groups)
     flags, pending = [], list(overrides)
     for arg in args:
         if pending and arg == pending[0]:
@@ -69,28 +68,24 @@ def order_flags(args: Sequence[str], script: str, groups: Collection[str] = ()) 
     return flags + overrides
 
 
-def refuse_repeats(overrides: Sequence[str], groups: Collection[str] = ()) -> None:
-    """A config group chosen twice (`preset=small preset=large`, `model=b0 ... model=b3`): Hydra
-    keeps the last without a word, and with it a whole set of values, so the run is not the one
-    half of the command line asks for. One line instead. `groups`: the config groups (the folders
-    of conf/); a key with a `/` (`hydra/launcher`) is one too. A plain value given twice keeps
-    Hydra's rule, the last wins: a sweep's `-m lr=1e-3,3e-4` after a base `lr=1e-3` relies on it."""
+def repeated_choices(overrides: Sequence[str], groups: Collection[str]) -> list[str]:
+    """A line for each config group chosen twice (`preset=small preset=large`): Hydra keeps the last
+    without a word, and with it a whole set of values, so the run is not the one half of the
+    command line asks for. Said, not refused: a tool that appends its settings to a command (the
+    README's harness, a wrapper script) overrides a choice the same way. `groups`: the config groups
+    (Hydra's runtime.choices); a plain value given twice is Hydra's ordinary last-wins."""
     seen: dict[str, str] = {}
+    notes = []
     for override in overrides:
-        if override.startswith("~") or "=" not in override:
-            continue
-        key = override.split("=", 1)[0].lstrip("+")
-        if key not in groups and "/" not in key:
+        key, eq, value = override.lstrip("+").partition("=")
+        if override.startswith("~") or not eq or key not in groups:
             continue
         if key in seen:
-            raise UserError(
-                f"{key} is given twice ({seen[key]}, then {override}): Hydra would silently keep the last; "
-                "pass it once"
-            )
+            notes.append(f"{key} is given twice ({seen[key]}, then {override}): the last wins, {key}={value}")
         seen[key] = override
+    return notes
 
 
-def prepare(args: Sequence[str], script: str, groups: Collection[str] = ()) -> list[str]:
-    """The arguments Hydra should parse; UserError for an unknown flag or a config group (of
-    `groups`) chosen twice."""
-    return expand_overrides(order_flags(args, script, groups))
+def prepare(args: Sequence[str], script: str) -> list[str]:
+    """The arguments Hydra should parse; UserError for an unknown flag."""
+    return expand_overrides(order_flags(args, script))

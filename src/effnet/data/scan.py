@@ -137,8 +137,11 @@ def check_files(paths: list[str], max_pixels: int, cache: Path | None, workers: 
 def scan_folder(
     root: str, max_pixels: int, workers: int | None = None, cache: Path | None = None
 ) -> DataReport:
-    """Check every file under the class folders of `root` (both layouts)."""
+    """Check every file under the class folders of `root` (both layouts). Paths are absolute, as
+    folders.discover's are: the unusable files it leaves out are matched by path, and a relative
+    data.root must not let them all through."""
     started = time.perf_counter()
+    root = os.path.abspath(os.path.expanduser(root))
     report = DataReport(root=str(root))
     images, class_images = [], {}
     found = folders.walk(root)

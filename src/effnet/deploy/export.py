@@ -381,10 +381,8 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     quiet_exporters()
     ckpt = read.model_checkpoint(str(cfg.ckpt))
     out = Path(cfg.out).expanduser() if cfg.out else find.run_dir_of(ckpt) / "export" / cfg.format
+    made = _first_missing(out.parent)  # the folder the staging folder's creation makes, if any
     staging = None
-    # Folders this export creates above `out` (e.g. <run>/export/): a failed export removes them
-    # again, so it leaves the run folder as it found it.
-    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         with stop_signals():
             module = read.load_module(ckpt)
@@ -411,11 +409,32 @@ def run(cfg: DictConfig, command: str = "export.py") -> dict:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-            for folder in created:  # deepest first; rmdir leaves anything not empty alone
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            _remove_empty(out.parent, made)  # a failed export writes nothing, <run>/export/ included
     print_summary(info)
     return info
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The highest of `folder` and its ancestors that does not exist yet."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _remove_empty(folder: Path, top: Path | None) -> None:
+    """Remove `folder` and its parents up to `top` while they are empty (what a failure made)."""
+    if top is None:
+        return
+    for path in (folder, *folder.parents):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another export's bundle), or gone
+            return
+        if path == top:
+            return
 
 
 def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command: str) -> dict:
