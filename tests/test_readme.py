@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -483,8 +484,15 @@ class Runner:
         )
 
     def make(self, words: list[str], rule: Rule) -> None:
+        # Under `make test` the suite is itself a recipe: the outer make's MAKELEVEL and MAKEFLAGS
+        # would make this one print "make[1]: Entering directory" among the recipe's lines.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
         recipe = subprocess.run(
-            [*words, "-n", "-o", ".venv/.installed"], cwd=self.checkout, capture_output=True, text=True
+            [*words, "-n", "--no-print-directory", "-o", ".venv/.installed"],
+            cwd=self.checkout,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert recipe.returncode == 0 and recipe.stdout.strip(), recipe.stderr
         for line in recipe.stdout.splitlines():

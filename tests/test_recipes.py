@@ -290,21 +290,28 @@ def test_cpu_memory_lowers_the_micro_batch_or_names_the_size_that_fits():
 
 MEASURE = r"""
 import resource, sys, timm, torch
+
+def status(key):  # kB lines of /proc/self/status
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+
 torch.set_num_threads(1)
 model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3)
 opt = torch.optim.AdamW(model.parameters())
 size = int(sys.argv[1])
 x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
+open("/proc/self/clear_refs", "w").write("5")  # the peak restarts here: imports' transients drop out
+before = status("VmRSS:")
 torch.nn.functional.cross_entropy(model(x), y).backward()
 opt.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(p.numel() for p in model.parameters()))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak, status("VmHWM:") - before, sum(p.numel() for p in model.parameters()))
 """
 
 
 def test_the_cpu_estimate_holds_for_a_real_step():
     """One real B0 training step at each of two sizes, each in a fresh process (a peak is a
     process's maximum): the peak RAM is within the prediction, and the prediction's growth with the
-    pixels is the measured one, within 30%."""
+    pixels is the measured growth of the step's own peak, within 30%."""
     import subprocess
     import sys
 
@@ -312,10 +319,15 @@ def test_the_cpu_estimate_holds_for_a_real_step():
         subprocess.Popen([sys.executable, "-c", MEASURE, str(size)], stdout=subprocess.PIPE, text=True)
         for size in (192, 320)
     ]
-    (small, params), (large, _) = [tuple(map(int, p.communicate(timeout=300)[0].split())) for p in procs]
+    (_, small, params), (large, large_step, _) = [
+        tuple(map(int, p.communicate(timeout=300)[0].split())) for p in procs
+    ]
     cost = memory.costs("efficientnet_b0", "32-true")[False]  # memory.csv's measured B0
     assert cost.weights // 4 == pytest.approx(params, rel=0.01)  # the same network (its head aside)
     predicted = {s: recipes.cpu_step_bytes(cost, s, 2) for s in (192, 320)}
     assert 0.6 * predicted[320] < large <= predicted[320], (large, predicted)
-    growth, predicted_growth = large - small, predicted[320] - predicted[192]
+    # The growth compares what each step itself added above the resident set before it: a process's
+    # lifetime peak also holds the imports' transients and the shared-library pages the kernel kept,
+    # which vary with the machine's load and once made a CI run see less than half the growth.
+    growth, predicted_growth = large_step - small, predicted[320] - predicted[192]
     assert 0.7 < growth / predicted_growth < 1.3, (growth, predicted_growth)
