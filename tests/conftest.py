@@ -92,14 +92,14 @@ def split_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A tiny MobileNetV3 trained for 2 epochs on 3 classes (shared: eval, predict, export)."""
-    from effnet.training.run import run
+    from tests.helpers import start_and_run
 
     base = tmp_path_factory.mktemp("trained")
     data = base / "data"
     make_images(data / "train", {"ant": 10, "bee": 10, "wasp": 10}, size=40)
     make_images(data / "val", {"ant": 4, "bee": 4, "wasp": 4}, size=40, seed=1)
     run_dir = base / "run"
-    run(compose_cfg([f"data.root={data}", *TINY]), run_dir)
+    start_and_run(compose_cfg([f"data.root={data}", *TINY]), run_dir)
     return run_dir
 
 

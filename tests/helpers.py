@@ -205,3 +205,12 @@ def tree(folder: Path) -> dict[str, tuple[int, int] | None]:
         else (p.lstat().st_size, p.lstat().st_mtime_ns)
         for p in sorted(folder.rglob("*"))
     }
+
+
+def start_and_run(cfg, run_dir) -> dict:
+    """What train.py does with a composed config: the start (effnet.start: check, walk, plan,
+    claim), then the run (effnet.training.run)."""
+    from effnet.start import start
+    from effnet.training.run import run
+
+    return run(start(cfg, run_dir))

@@ -101,8 +101,7 @@ def test_a_run_that_fills_its_disk_keeps_its_checkpoint_and_resumes_exactly(
     import csv
     import subprocess
 
-    from effnet.training.run import run
-    from tests.helpers import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg, start_and_run
 
     monkeypatch.chdir(tmp_path)  # the scan cache
     full = (trained_run / "checkpoints" / "best.ckpt").stat().st_size
@@ -111,7 +110,7 @@ def test_a_run_that_fills_its_disk_keeps_its_checkpoint_and_resumes_exactly(
     disk = small_disk(int(full * 1.6))
     run_dir, data = disk / "run", trained_run.parent / "data"
     with pytest.raises(diskspace.NoSpace) as raised:
-        run(compose_cfg([f"data.root={data}", *TINY]), run_dir)
+        start_and_run(compose_cfg([f"data.root={data}", *TINY]), run_dir)
     line = one_line(raised.value)
     assert line.startswith(
         f"could not write the checkpoint {run_dir}/checkpoints/last.ckpt: no space left on device ({disk} has "
@@ -125,7 +124,7 @@ def test_a_run_that_fills_its_disk_keeps_its_checkpoint_and_resumes_exactly(
     assert _leftovers(disk) == []
 
     subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)  # space freed
-    run(compose_cfg([f"data.root={data}", *TINY, f"ckpt_path={run_dir}"]), run_dir)
+    start_and_run(compose_cfg([f"data.root={data}", *TINY, f"ckpt_path={run_dir}"]), run_dir)
 
     def metrics(folder: Path) -> list[tuple]:
         with open(folder / "metrics.csv") as f:

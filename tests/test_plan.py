@@ -153,7 +153,7 @@ def test_weights_come_from_the_checkpoint_on_resume():
         build(["model.pretrained=false"]).init is None
         and build(["model.pretrained=false"]).weights == "random"
     )
-    p = build([], resume="outputs/train/x/checkpoints/last.ckpt")
+    p = build([], resumed=plan.Resumed("outputs/train/x/checkpoints/last.ckpt", 3, 10, 0.4))
     assert p.init is None and "from the checkpoint" in p.weights and p.pretrained
 
 
@@ -243,7 +243,7 @@ def test_a_pretrained_backbone_gets_the_lower_lr_and_a_resume_keeps_its_own():
     assert build([]).summary()["backbone_lr"] == pytest.approx(0.4 * build([]).recipe.lr)
     assert build(["model.pretrained=false"]).optimisation.backbone_lr_scale == 1.0
     assert build(["optimizer.backbone_lr_scale=1.0"]).optimisation.backbone_lr_scale == 1.0
-    p = build([], resume="x/last.ckpt", resumed_lr_scale=1.0)  # a checkpoint from before the scale
+    p = build([], resumed=plan.Resumed("x/last.ckpt", 3, 10, 1.0))  # a checkpoint from before the scale
     assert p.optimisation.backbone_lr_scale == 1.0
 
 
@@ -282,7 +282,7 @@ def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplo
     assert set(adjusted) <= {value for key, value in plan.rows(resolved) if key == "warning"}
     (tmp_path / "run").mkdir()
     with caplog.at_level(logging.WARNING, logger="effnet"):
-        prepare_run_dir(tmp_path / "run", resolved, split, report, cfg)
+        prepare_run_dir(tmp_path / "run", resolved, split, report)
     assert all(line in caplog.text for line in adjusted)
 
     make_images(tmp_path / "layout" / "train", {"ant": 4, "bee": 4})

@@ -125,6 +125,34 @@ class Loading:
 
 
 @dataclass(frozen=True)
+class Records:
+    """What a run writes beside its weights and what stops it early: the best checkpoint's metric,
+    the dashboards, the loggers, divergence. The composed config rides along for resolved.yaml and
+    the W&B run config; nothing decides anything from it."""
+
+    monitor: str = "val/acc"  # the metric best.ckpt keeps
+    monitor_mode: str = "max"
+    samples: int = 16  # validation images in predictions.png
+    divergence_patience: int = 3
+    loggers: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict
+    )  # name -> its `logger.<name>` block
+    on_bad_image: str = "warn"
+    max_image_pixels: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The checkpoint a resumed run continues, read once at the start."""
+
+    checkpoint: str
+    next_epoch: int  # 0-based: the epoch the run starts with
+    planned_epochs: int | None  # the length its learning-rate schedule was built for
+    backbone_lr_scale: float  # its optimizer's parameter groups were built with this
+
+
+@dataclass(frozen=True)
 class RunPlan:
     data: DataFacts
     recipe: recipes.Recipe
@@ -156,6 +184,8 @@ class RunPlan:
     warnings: tuple[str, ...] = ()
     step_memory: int | None = None  # predicted peak RAM of a training step (CPU), all processes
     ram_available: int | None = None
+    records: Records = field(default_factory=Records)
+    resumed: Resumed | None = None
 
     @property
     def world_size(self) -> int:
@@ -309,17 +339,16 @@ def build(
     device: Device,
     preprocessing: Preprocessing,
     *,
-    resume: str | None = None,
+    resumed: Resumed | None = None,
     cli_overrides: Sequence[str] = (),
     preset: str | None = None,
     argv: Sequence[str] | None = None,
-    resumed_lr_scale: float | None = None,
     memory_rows: Mapping[memory.Key, memory.Row] | None = None,
 ) -> RunPlan:
     """Resolve every value of the run. Raises UserError for a combination that cannot run.
-    `resumed_lr_scale`: the backbone lr scale the resumed checkpoint's optimizer was built with
-    (its parameter groups must match). `memory_rows`: the measured memory model (default: the
-    rows of effnet/memory.csv)."""
+    `resumed`: the checkpoint a resume continues (its optimizer's parameter groups must match).
+    `memory_rows`: the measured memory model (default: the rows of effnet/memory.csv)."""
+    resume = resumed.checkpoint if resumed else None
     recipe, reason = choose_recipe(cfg, data.train, preset)
     image_size = int(cfg.image_size or cfg.model.image_size)
     devices, num_nodes = device.per_node, int(cfg.trainer.num_nodes)
@@ -440,8 +469,8 @@ def build(
             backbone_lr_scale=recipes.backbone_lr_scale(
                 cfg.optimizer.backbone_lr_scale, bool(cfg.model.pretrained) or bool(cfg.model.weights)
             )
-            if resumed_lr_scale is None
-            else resumed_lr_scale,
+            if resumed is None
+            else resumed.backbone_lr_scale,
         ),
         regularisation=Regularisation(
             label_smoothing=float(cfg.model.label_smoothing),
@@ -468,6 +497,21 @@ def build(
         warnings=tuple(warnings) + tuple(data.warnings),
         step_memory=step_memory,
         ram_available=device.ram_available,
+        records=records(cfg),
+        resumed=resumed,
+    )
+
+
+def records(cfg: DictConfig) -> Records:
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)  # the callback's config carries Hydra's own node; the job's does not
+    return Records(
+        samples=int(cfg.dashboards.samples),
+        divergence_patience=int(cfg.divergence.patience),
+        loggers=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {},
+        on_bad_image=str(cfg.data.on_bad_image),
+        max_image_pixels=int(cfg.data.max_image_pixels),
+        config=config,
     )
 
 
@@ -593,32 +637,60 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
     )
 
 
-def load_data(cfg: DictConfig, run_dir: Path | None, given=None):
-    """Scan the folder (cached), then take the split of `run_dir` (the run being resumed; None for
-    a fresh run, which never adopts a split it finds), the `given` one (the bench's subset), or
-    draw a fresh one from the usable files. Returns (split, scan report); writes nothing but the
-    scan cache and, for data=demo, the demo images."""
+@dataclass(frozen=True)
+class Survey:
+    """One walk and one scan of data.root: everything a command learns from listing the folder.
+    A start makes one (a listing of a large folder on a network filesystem is the slow part) and
+    every later step reads it."""
+
+    root: str
+    found: Any  # effnet.data.folders.Found
+    report: Any  # effnet.data.scan.DataReport
+
+
+def survey(cfg: DictConfig) -> Survey:
+    """Walk data.root once and scan its files (cached by the folder, so a dry run followed by the
+    run reads each file once); one line for bad data, per data.on_bad_image. Writes nothing but,
+    for data=demo, the demo images: the scan cache waits in the report (DataReport.save_cache)."""
     from effnet.data import folders, scan
 
     if cfg.data.generate_demo:
         from effnet.data.demo import write_demo
 
         write_demo(cfg.data.root)
+    root = folders.check_root(cfg.data.root)
+    found = folders.walk(root)
     report = scan.scan_folder(
-        cfg.data.root,
+        str(root),
         cfg.data.max_image_pixels,
-        cache=scan.cache_path(cfg.data.root, cfg.data.max_image_pixels),
+        cache=scan.cache_path(str(root), cfg.data.max_image_pixels),
+        found=found,
+        write_cache=False,  # the start writes it once it goes on (effnet.start)
     )
     scan.enforce(report, cfg.data.on_bad_image)
+    return Survey(str(root), found, report)
+
+
+def load_data(cfg: DictConfig, surveyed: Survey, run_dir: Path | None, given=None, moved: str | None = None):
+    """The split of `run_dir` (the run being resumed, rebased when its data folder `moved`; None
+    for a fresh run, which never adopts a split it finds), the `given` one (the bench's subset),
+    or a fresh one drawn from the usable files of the survey."""
+    from effnet.data import folders, scan
+
+    report = surveyed.report
     split = folders.load_split(run_dir) if run_dir is not None else given
     if split is None:
-        split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files)
+        split = folders.discover(
+            surveyed.root, cfg.data.val_fraction, cfg.seed, exclude=report.bad_files, found=surveyed.found
+        )
     else:
+        if moved is not None:
+            split = folders.rebase(split, moved, surveyed.root)
         split = folders.without(split, set(report.bad_files) | gone_from_split(split, cfg.data.root))
     counts = folders.class_counts(split.train, split.classes)
     scan.describe_validation(report, split)
     scan.describe_balance(report, counts, cfg.data.balance, cfg.data.min_images)
-    return split, report
+    return split
 
 
 def gone_from_split(split, root: str) -> set[str]:
@@ -698,34 +770,45 @@ def repeated_choices(cfg: DictConfig) -> list[str]:
     return notes(list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices))
 
 
-def resolve(cfg: DictConfig, run_dir: Path | None = None, resume: str | None = None, split=None):
+def resolve(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    resumed: Resumed | None = None,
+    split=None,
+    surveyed: Survey | None = None,
+    moved: str | None = None,
+):
     """(plan, split, scan report) for this config, on this machine. run_dir: the run folder,
     whose split a resumed run keeps; None for a dry run. split: train on this split of
-    data.root instead of drawing one (a fresh run only)."""
+    data.root instead of drawing one (a fresh run only). surveyed: the folder's walk and scan,
+    when the command has made them (effnet.start); moved: the old root of a resumed run's data
+    folder that moved."""
     from effnet.preprocessing import pretrained_config
     from effnet.preprocessing import resolve as resolve_preprocessing
 
+    # the data first: a folder that holds no classifier's data is one line before torch is imported
+    surveyed = surveyed or survey(cfg)
+    split = load_data(cfg, surveyed, run_dir if resumed else None, given=split, moved=moved)
+    report = surveyed.report
     check_trainer_keys(cfg.trainer)
-    backbone_cfg = pretrained_config(cfg.model.backbone)  # an unknown backbone fails before the scan
-    split, report = load_data(cfg, run_dir if resume else None, given=split)
+    backbone_cfg = pretrained_config(cfg.model.backbone)
     device = probe_device(cfg.trainer)
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
     cli_overrides, preset = hydra_context(cfg)
     sizes = ()
-    if cfg.data.cache in ("auto", "ram"):  # a few hundred headers: the store's size, for auto
+    if cfg.data.cache in ("auto", "ram"):  # the store's size, for auto: from the scan, no file reopened
         from effnet.data.cache import size_sample
 
-        sizes = size_sample([path for path, _ in split.train], seed=int(cfg.seed))
+        sizes = size_sample([path for path, _ in split.train], seed=int(cfg.seed), known=report.sizes)
     plan = build(
         cfg,
         data_facts(split, report, sizes),
         device,
         resolve_preprocessing(backbone_cfg, image_size, overrides),
-        resume=resume,
+        resumed=resumed,
         cli_overrides=cli_overrides,
         preset=preset,
-        resumed_lr_scale=_saved_lr_scale(resume) if resume else None,
         # on the CPU too: the measured model predicts a step's RAM (cpu_memory)
         memory_rows=memory_rows(
             cfg.model.backbone, needed=choose_tier(cfg, device)[1] is not None or not device.cuda
@@ -753,13 +836,6 @@ def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.R
         )
         return rows
     return {**rows, **{(r.backbone, r.precision, r.checkpointing): r for r in measured}}
-
-
-def _saved_lr_scale(checkpoint: str) -> float:
-    """A resumed run keeps the parameter groups its optimizer state was saved with."""
-    from effnet.checkpoints.resume import saved_optimisation
-
-    return float(saved_optimisation(Path(checkpoint)).get("backbone_lr_scale", 1.0))
 
 
 # ---------------------------------------------------------------------------------------------

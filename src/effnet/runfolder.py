@@ -2,7 +2,8 @@
 
 train.py writes into a folder that may already exist in two cases: a resume (`ckpt_path`) and an
 explicit `hydra.run.dir`. Before anything is written there (Hydra's `.hydra/` and `train.log`
-included), the Hydra callback claims the folder with `claim`:
+included), the start (effnet.start) claims the folder: `check` writes nothing, `take` makes and
+locks it:
 - a resume must be the same run: the data root, classes, model, image size and head that
   run.json records. A data folder that moved is followed: the split's files are found by their
   path relative to the old root, and split.json and run.json are rewritten to the new one;
@@ -13,7 +14,7 @@ included), the Hydra callback claims the folder with `claim`:
 Only rank 0 claims: the other ranks of a run (Lightning's DDP processes, torchrun, SLURM tasks)
 write into the folder their rank 0 holds.
 
-Imports no torch: everything but the finished-run check runs before the heavy imports.
+Imports no torch: the start reads the resumed checkpoint itself and hands it to `check_checkpoint`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import runs
 from effnet.checkpoints import find
 from effnet.data import folders
 from effnet.errors import UserError
@@ -124,22 +125,21 @@ def holds_a_run(run_dir: Path) -> Path | None:
     return find.in_folder(folder, "resume") if folder.is_dir() else None
 
 
-def _current_classes(cfg: DictConfig, recorded_classes: tuple[str, ...]) -> list[str]:
-    """The classes the data root has now, as a run would find them. The walk counts a class folder
-    holding any image file; one the run does not know counts only if one of its files decodes
-    (a class of broken files is left out by the scan, and so was not the run's)."""
-    from effnet.data import scan
-
-    found = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
+def current_classes(cfg: DictConfig, surveyed, recorded_classes: tuple[str, ...]) -> list[str]:
+    """The classes the data root has now, as a run would find them, from the start's walk and
+    scan (effnet.plan.Survey). A class folder holding any image file counts; one the run does not
+    know counts only if one of its files decodes (a class of broken files is left out by the
+    scan, and so was not the run's)."""
+    found = folders.discover(surveyed.root, cfg.data.val_fraction, cfg.seed, found=surveyed.found)
+    bad = surveyed.report.bad_files
 
     def usable(label: int) -> bool:
-        files = (p for p, y in found.train + found.val if y == label)
-        return any(scan.check_image(p, cfg.data.max_image_pixels).reason is None for p in files)
+        return any(p not in bad for p, y in found.train + found.val if y == label)
 
     return [c for i, c in enumerate(found.classes) if c in recorded_classes or usable(i)]
 
 
-def check_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+def check_resume(cfg: DictConfig, run_dir: Path, surveyed) -> str | None:
     """UserError unless this command resumes the run `run_dir` holds. Returns the old data root
     when the data folder has moved to this command's data.root (see `follow_move`)."""
     was = recorded(run_dir)
@@ -154,7 +154,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> str | None:
                 f"with data.root={was.data_root}, or start a new run (no ckpt_path) to train on other data"
             )
         moved = was.data_root
-    changes = was.differences(wanted(cfg, _current_classes(cfg, was.classes)))
+    changes = was.differences(wanted(cfg, current_classes(cfg, surveyed, was.classes)))
     if changes:
         listed = IDENTITY_FILE if (Path(run_dir) / IDENTITY_FILE).is_file() else "resolved.yaml"
         raise UserError(
@@ -182,18 +182,29 @@ def follow_move(run_dir: Path, old_root: str, new_root: str) -> str:
     """Rewrite split.json and run.json for a data folder that moved; a line saying so."""
     split = folders.load_split(run_dir)
     if split is not None:
-
-        def moved(samples):
-            return [(_rebased(p, old_root, new_root), y) for p, y in samples]
-
-        split = folders.Split(
-            new_root, split.classes, moved(split.train), moved(split.val), moved(split.test), split.held_out
-        )
-        folders.save_split(split, run_dir)
+        folders.save_split(folders.rebase(split, old_root, new_root), run_dir)
     was = recorded(run_dir)
     if was is not None:
         record(run_dir, Identity(new_root, was.classes, was.model, was.image_size, was.head))
     return f"the data folder moved from {old_root} to {new_root}: the run's split follows it (files matched by relative path)"
+
+
+def check_makeable(folder: Path) -> None:
+    """`make`'s refusals, found without creating anything: the start checks this before its
+    heavy work, and makes the folder only at the end. Tried for real (an empty folder made and
+    removed where `folder` would go): permission bits say nothing for root or read-only mounts."""
+    folder = Path(folder).absolute()
+    if folder.exists():
+        if not folder.is_dir():
+            raise UserError(f"hydra.run.dir={folder}: exists and is not a folder")
+        return
+    existing = folder.parent
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".effnet-check-", dir=existing))
+    except OSError as exc:
+        raise UserError(f"hydra.run.dir={folder}: cannot create the run folder ({exc.strerror})") from exc
 
 
 def make(folder: Path) -> None:
@@ -261,31 +272,24 @@ def release(run_dir: Path) -> None:
         os.close(fd)  # closing the only descriptor drops the flock
 
 
-def check(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checks of `claim`, which write nothing; returns the old data root of a moved data folder."""
+def check(cfg: DictConfig, run_dir: Path, surveyed) -> str | None:
+    """The checks of a claim, which write nothing: a resume must be the run `run_dir` holds (the
+    classes compared are the ones the start's survey found), a fresh run must not take a folder
+    holding one. Returns the old data root of a moved data folder."""
     if cfg.get("ckpt_path") is not None:
-        return check_resume(cfg, run_dir)
+        return check_resume(cfg, run_dir, surveyed)
     _refuse_occupied(run_dir)
     return None
 
 
-def take(cfg: DictConfig, run_dir: Path, moved: str | None = None) -> None:
-    """Create and lock `run_dir` once `check` has passed; follow a moved data folder."""
+def take(run_dir: Path, resume: bool, moved: str | None = None, new_root: str | None = None) -> None:
+    """Create and lock `run_dir` once `check` has passed; follow a moved data folder. Rank 0 only."""
     make(run_dir)
     lock(run_dir)
-    if cfg.get("ckpt_path") is None:
+    if not resume:
         _refuse_occupied(run_dir)  # again, now that no other process can be writing it
     if moved is not None:
-        print(f"effnet: {follow_move(run_dir, moved, data_root(cfg))}", file=sys.stderr, flush=True)
-
-
-def claim(cfg: DictConfig, run_dir: Path) -> None:
-    """Make `run_dir` this run's own (see the module docstring), or raise UserError having written
-    nothing. A process may claim its folder again (the checks run again, the lock stays); a
-    no-op on ranks other than 0."""
-    run_dir = Path(run_dir).absolute()
-    if runs.global_rank() == 0:
-        take(cfg, run_dir, check(cfg, run_dir))
+        print(f"effnet: {follow_move(run_dir, moved, new_root)}", file=sys.stderr, flush=True)
 
 
 def _refuse_occupied(run_dir: Path) -> None:
@@ -297,20 +301,14 @@ def _refuse_occupied(run_dir: Path) -> None:
         )
 
 
-def check_checkpoint(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> dict:
-    """The checkpoint a resume starts from, read without unpickling code (one line for a file that
-    is not an effnet checkpoint), with its network compared to the one this command builds: the
-    run folder's record may be missing (a checkpoint from elsewhere, an older run), the
-    checkpoint's never is. Imports torch."""
+def check_checkpoint(plan, ckpt_path: str, checkpoint: Path, raw: dict) -> None:
+    """The resumed checkpoint's network (`raw`, as effnet.checkpoints.read read it) compared to
+    the one the plan builds: the run folder's record may be missing (a checkpoint from elsewhere,
+    an older run), the checkpoint's never is."""
     from effnet.checkpoints import read
 
-    raw = read.read(checkpoint, "ckpt_path", mmap=True)
     network = read.sections(raw["hyper_parameters"])["network"]
-    split = folders.load_split(run_dir)
-    classes = (
-        split.classes if split else folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed).classes
-    )
-    now = wanted(cfg, classes)
+    now = identity_of(plan)
     was = Identity(
         now.data_root,
         tuple(network["classes"]),
@@ -321,25 +319,16 @@ def check_checkpoint(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> dict:
     changes = was.differences(now)
     if changes:
         raise UserError(
-            f"ckpt_path={cfg.ckpt_path}: {checkpoint} holds another network than this command builds "
+            f"ckpt_path={ckpt_path}: {checkpoint} holds another network than this command builds "
             f"({'; '.join(changes)}); resume with the run's own settings, or start a new run (no ckpt_path)"
         )
-    return raw
 
 
-def finished(cfg: DictConfig, run_dir: Path, checkpoint: dict) -> str | None:
+def finished(run_dir: Path, next_epoch: int, epochs: int) -> str | None:
     """A line saying so when the resumed checkpoint has done every epoch this command plans."""
-    from effnet.checkpoints.resume import epoch_to_resume
-    from effnet.plan import choose_recipe, hydra_context
-
-    done = epoch_to_resume(checkpoint)
-    split = folders.load_split(run_dir)
-    if split is None:
-        split = folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
-    epochs = choose_recipe(cfg, len(split.train), hydra_context(cfg)[1])[0].epochs
-    if done < epochs:
+    if next_epoch < epochs:
         return None
     return (
-        f"{run_dir} has finished: {done} of epochs={epochs} done, so there is nothing to resume and "
-        f"nothing was changed; to train longer, resume with epochs= more than {done}"
+        f"{run_dir} has finished: {next_epoch} of epochs={epochs} done, so there is nothing to resume and "
+        f"nothing was changed; to train longer, resume with epochs= more than {next_epoch}"
     )

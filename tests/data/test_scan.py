@@ -17,8 +17,7 @@ from effnet.data import folders, scan
 from effnet.data.loaders import ImageDataModule, load_rgb
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
-from effnet.training.run import run
-from tests.helpers import FAST, compose_cfg, make_images
+from tests.helpers import FAST, compose_cfg, make_images, start_and_run
 
 MAX_PIXELS = 100 * 100  # small, so a 120 x 120 image stands in for a decompression bomb
 
@@ -151,7 +150,7 @@ def test_training_on_a_messy_folder_completes_with_a_report(messy, tmp_path, mon
         [f"data.root={root}", *FAST, "model=mobilenetv3_small", f"data.max_image_pixels={MAX_PIXELS}"]
     )
     with caplog.at_level(logging.INFO, logger="effnet"):
-        summary = run(cfg, run_dir)
+        summary = start_and_run(cfg, run_dir)
     assert summary["epochs_completed"] == 1
     report = json.loads((run_dir / scan.REPORT_FILE).read_text())
     assert {p["file"] for p in report["problems"]} == {str(p) for p in bad} | {f"{root / 'moth'}/"}
@@ -170,7 +169,7 @@ def test_on_bad_image_error_stops_before_training(messy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_cfg([f"data.root={root}", *FAST, "data.on_bad_image=error"])
     with pytest.raises(UserError, match=r"data.on_bad_image=error: 6 unusable file\(s\)"):
-        run(cfg, tmp_path / "run")
+        start_and_run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

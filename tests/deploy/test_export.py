@@ -126,7 +126,7 @@ def test_export_rejects_bad_options(trained_run):
 def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_path):
     """tf_efficientnet_lite0 was pretrained with mean = std = 0.5: the whole path must use them."""
     from effnet.deploy.evaluate import run as eval_run
-    from effnet.training.run import run as train_run
+    from tests.helpers import start_and_run as train_run
 
     data = make_images(tmp_path / "data", {"ant": 6, "bee": 6})
     summary = train_run(
@@ -164,11 +164,13 @@ def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_
 @pytest.mark.gpu
 def test_a_run_trained_on_the_gpu_exports_and_verifies(tmp_path):
     from effnet.deploy.export import run as export_run
-    from effnet.training.run import run
+    from tests.helpers import start_and_run
 
     data = make_images(tmp_path / "data", {"ant": 8, "bee": 8}, size=40)
     on_cpu = [o for o in FAST if not o.startswith("trainer.accelerator")]
-    summary = run(compose_cfg([f"data.root={data}", *on_cpu, "trainer.accelerator=gpu"]), tmp_path / "run")
+    summary = start_and_run(
+        compose_cfg([f"data.root={data}", *on_cpu, "trainer.accelerator=gpu"]), tmp_path / "run"
+    )
     assert summary["precision"] == "bf16-mixed" and summary["channels_last"], "trained as a GPU run trains"
     out = tmp_path / "bundle"
     overrides = [f"ckpt={tmp_path / 'run'}", f"out={out}", "exporter=torchscript", "bench.repeats=2"]

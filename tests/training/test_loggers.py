@@ -9,8 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from effnet.training.loggers import RECIPE_KEYS, has_wandb_key, wandb_mode
-from effnet.training.run import run
-from tests.helpers import FAST, compose_cfg, make_images
+from tests.helpers import FAST, compose_cfg, make_images, start_and_run
 from tests.wandb_records import offline_runs
 
 CLASSES = {"ant": 6, "bee": 6, "wasp": 6, "fly": 6, "moth": 6}  # 5 classes: top-5 is logged too
@@ -31,7 +30,7 @@ def trained(tmp_path_factory):
     ]
     overrides.append("trainer.log_every_n_steps=1")
     cfg = compose_cfg(overrides)
-    summary = run(cfg, tmp / "run")
+    summary = start_and_run(cfg, tmp / "run")
     (wandb_run,) = offline_runs(tmp / "run")
     return cfg, summary, tmp / "run", wandb_run
 
@@ -139,7 +138,7 @@ def test_a_failed_run_still_finishes_its_wandb_run(flat_folder, tmp_path):
     # Lightning rejects this only once fit() has started, after the W&B run was created
     cfg = compose_cfg([f"data.root={flat_folder}", *FAST, "logger=wandb", "+trainer.val_check_interval=1000"])
     with pytest.raises(ValueError, match="val_check_interval"):
-        run(cfg, tmp_path / "run")
+        start_and_run(cfg, tmp_path / "run")
     assert wandb.run is None, "the next run of a sweep must not reuse this one"
     (failed,) = offline_runs(tmp_path / "run")
     assert failed.exit_code == 1

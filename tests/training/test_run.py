@@ -11,8 +11,7 @@ import yaml
 
 from effnet import memory, plan, recipes
 from effnet.training.module import ClassifierModule
-from effnet.training.run import run
-from tests.helpers import FAST, compose_cfg, make_images, metric_rows, run_train
+from tests.helpers import FAST, compose_cfg, make_images, metric_rows, run_train, start_and_run
 
 SUMMARY_KEYS = {
     "model",
@@ -37,7 +36,7 @@ def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path, cap
     run_dir = tmp_path / "run"
     cfg = compose_cfg([f"data.root={flat_folder}", *FAST, "epochs=2"])
     with caplog.at_level(logging.WARNING, logger="effnet"):
-        summary = run(cfg, run_dir)
+        summary = start_and_run(cfg, run_dir)
     assert "only 18 training images: fewer than the 500 recommended" in caplog.text
 
     on_disk = json.loads((run_dir / "summary.json").read_text())
@@ -68,13 +67,13 @@ def test_train_writes_summary_checkpoints_and_metrics(flat_folder, tmp_path, cap
 def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_path, caplog):
     run_dir = tmp_path / "run"
     base = [f"data.root={flat_folder}", *FAST]
-    run(compose_cfg([*base, "epochs=1"]), run_dir)
+    start_and_run(compose_cfg([*base, "epochs=1"]), run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
     split_before = (run_dir / "split.json").read_text()
 
     with caplog.at_level(logging.WARNING, logger="effnet"):
-        summary = run(compose_cfg([*base, "epochs=2", f"ckpt_path={last}"]), run_dir)
+        summary = start_and_run(compose_cfg([*base, "epochs=2", f"ckpt_path={last}"]), run_dir)
     assert "schedule was built for 1 epochs" in caplog.text, "a changed epochs= is not silently ignored"
     second = torch.load(last, weights_only=True)
     assert summary["epochs_completed"] == 2 and summary["resumed_from"] == str(last)
@@ -87,7 +86,7 @@ def test_resume_continues_at_the_next_epoch_in_the_same_folder(flat_folder, tmp_
 @pytest.mark.gpu
 def test_one_gpu_trains_the_demo_in_bf16_with_channels_last(tmp_path):
     cfg = compose_cfg(["data=demo", f"data.root={tmp_path / 'demo'}", "epochs=1", "trainer.accelerator=gpu"])
-    summary = run(cfg, tmp_path / "r")
+    summary = start_and_run(cfg, tmp_path / "r")
     assert (summary["precision"], summary["channels_last"], summary["devices"]) == ("bf16-mixed", True, 1)
     assert summary["gpu_tier"] != "cpu" and summary["best_val_acc"] is not None
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -95,7 +94,7 @@ def test_one_gpu_trains_the_demo_in_bf16_with_channels_last(tmp_path):
 
 
 def test_bf16_mixed_runs_on_cpu(flat_folder, tmp_path):
-    summary = run(
+    summary = start_and_run(
         compose_cfg([f"data.root={flat_folder}", *FAST, "trainer.precision=bf16-mixed"]), tmp_path / "r"
     )
     assert summary["precision"] == "bf16-mixed" and summary["best_val_acc"] is not None
@@ -124,7 +123,7 @@ def test_freeze_ema_mixup_accumulation_and_checkpointing(flat_folder, tmp_path):
         f"gpu.memory_gb={tier_holding(2.5, 'efficientnet_b0', 32, ema=True)}",  # 2 images fit: forces the plan
     ]
     cfg = compose_cfg(overrides)
-    summary = run(cfg, tmp_path / "r")
+    summary = start_and_run(cfg, tmp_path / "r")
     assert (
         summary["micro_batch_size"],
         summary["accumulate_grad_batches"],
@@ -168,7 +167,7 @@ def test_csv_tensorboard_and_offline_wandb_write_into_the_run_folder(flat_folder
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
-    run(compose_cfg([f"data.root={flat_folder}", *FAST, "logger=[csv,tensorboard,wandb]"]), run_dir)
+    start_and_run(compose_cfg([f"data.root={flat_folder}", *FAST, "logger=[csv,tensorboard,wandb]"]), run_dir)
     assert metric_rows(run_dir, "val/acc")
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))

@@ -70,8 +70,7 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_a_refused_pickle_prints_no_torch_warning_before_the_line(tmp_path, monkeypatch, recwarn):
     """torch warns about the pickle protocol while it reads the file; a run refusing the file says
     so in its one line, with no library warning first."""
-    from effnet.training.run import run
-    from tests.helpers import FAST, compose_cfg, make_images
+    from tests.helpers import FAST, compose_cfg, make_images, start_and_run
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "plain.pth"
@@ -79,7 +78,7 @@ def test_a_refused_pickle_prints_no_torch_warning_before_the_line(tmp_path, monk
         pickle.dump({"a": [1, 2, 3]}, f, protocol=4)
     data = make_images(tmp_path / "data", {"ant": 3, "bee": 3})
     with pytest.raises(UserError, match="refusing to unpickle"):
-        run(
+        start_and_run(
             compose_cfg([f"data.root={data}", *FAST, "model=mobilenetv3_small", f"model.weights={path}"]),
             tmp_path / "run",
         )

@@ -20,7 +20,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import cluster, runfolder, runs, sweeper, sweeps
-from effnet.checkpoints.find import locate
 from effnet.cli import argv
 from effnet.cli.schema import check_surface, options_resolver
 from effnet.cli.validate import validate, validate_command, validate_launcher
@@ -29,7 +28,6 @@ from effnet.errors import (
     UserError,
     exit_for,
     exit_with,
-    held_warnings,
     keep_full_error_choice,
     one_line,
 )
@@ -51,14 +49,20 @@ class ValidateBeforeRun(Callback):
         self.command = command
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._validate_or_exit(config)
-        if self.command == "train" and config.get("dry_run"):
-            dry_run(config)
         try:
-            with held_warnings():  # a checkpoint's torch warning must not precede the line refusing it
-                if self.command == "train":  # a requeued SLURM job resumes the run its folder holds
-                    cluster.resume_if_requeued(config, Path(config.hydra.run.dir).absolute())
-                claim_run_folder(self.command, config)
+            check_surface(config, self.command)  # a key nothing reads, added with + or ++
+            if self.command != "train":
+                validate_command(self.command, config)
+                run_dir = Path(config.hydra.run.dir).absolute()  # after: it may locate ckpt's run
+                VALIDATED.add(run_dir)
+                runfolder.make(run_dir)
+                return
+            from effnet import start  # the plan: timm's preprocessing, the data scan
+
+            if config.get("dry_run"):
+                dry_run(start.dry_run(config))
+            begun = start.start(config)
+            STARTED[begun.run_dir] = begun
         except Exception as exc:
             exit_for(exc, bugs_exit=True)
 
@@ -85,35 +89,17 @@ class ValidateBeforeRun(Callback):
             exit_for(exc, bugs_exit=True)
 
 
-def claim_run_folder(command: str, config: DictConfig) -> None:
-    """Make the run folder before Hydra writes into it: train.py's is claimed for this run alone
-    (effnet.runfolder), and a resume of a run that has finished ends here, changing nothing."""
-    run_dir = Path(config.hydra.run.dir).absolute()
-    if command != "train":
-        runfolder.make(run_dir)
-        return
-    if runs.global_rank() != 0:
-        return
-    moved = runfolder.check(config, run_dir)
-    if config.ckpt_path is not None:  # read the checkpoint now: a bad one must find nothing written
-        checkpoint = locate(str(config.ckpt_path), "resume", "ckpt_path")
-        done = runfolder.finished(config, run_dir, runfolder.check_checkpoint(config, run_dir, checkpoint))
-        if done:
-            print(f"effnet: {done}", file=sys.stderr, flush=True)
-            raise SystemExit(0)
-    runfolder.take(config, run_dir, moved)
+# The work the callback did for a single run, which its job then reads instead of doing again:
+# a train.py start (effnet.start), or the run folders of other commands whose values it checked.
+STARTED: dict[Path, object] = {}
+VALIDATED: set[Path] = set()
 
 
-def dry_run(config: DictConfig) -> NoReturn:
+def dry_run(plan) -> NoReturn:
     """Print the run plan (data, recipe and why, batch plan, precision, preprocessing, the command
     to start it) and exit 0, before Hydra makes a run folder."""
-    try:
-        from effnet.plan import print_plan, resolve
+    from effnet.plan import print_plan
 
-        with held_warnings():
-            plan, _, _ = resolve(config)
-    except Exception as exc:
-        exit_for(exc, bugs_exit=True)
     print_plan(plan)
     raise SystemExit(0)
 
@@ -171,14 +157,17 @@ def train_task(cfg: DictConfig) -> float | None:
     """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir).absolute()
     try:
-        if multirun:  # each job's own options: on_multirun_start checked against all swept ones
-            check_surface(cfg, "train", hydra_cfg)
-        validate(cfg)  # again per job: multirun sweeps change values after on_multirun_start
+        begun = STARTED.pop(run_dir, None)
+        if begun is None:  # a multirun job: the sweep set its values after on_multirun_start
+            from effnet import start
+
+            check_surface(cfg, "train", hydra_cfg)  # its own options, against all swept ones
+            begun = start.start(cfg, run_dir)
         from effnet.training.run import run  # the heavy imports start here
 
-        summary = run(cfg, run_dir, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
+        summary = run(begun, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
         best = summary["best_val_acc"]
         if best is None and multirun:
             raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from effnet import runfolder
+from effnet.cli.app import VALIDATED
 from effnet.cli.validate import validate_command
 from effnet.deploy.paths import deployable_file
 from effnet.errors import UserError, exit_for, held_warnings
@@ -21,7 +22,8 @@ from effnet.errors import UserError, exit_for, held_warnings
 def _run(command: str, cfg: DictConfig, work) -> dict:
     try:
         with held_warnings():  # torch's or Pillow's warnings never precede effnet's own line
-            validate_command(command, cfg)  # again: the Hydra callback is skipped by compose() users
+            if Path(HydraConfig.get().runtime.output_dir).absolute() not in VALIDATED:
+                validate_command(command, cfg)  # a multirun job, or a compose() user: no callback ran
             return work()
     except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
         if isinstance(exc, UserError):

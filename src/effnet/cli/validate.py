@@ -215,7 +215,7 @@ def _check_paths(cfg: DictConfig) -> None:
                 f"data.root={cfg.data.root}: folder not found; if the run's data folder moved, resume with "
                 "data.root=<where it is now>: the run's split follows it"
             )
-        folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)
+        folders.check_root(cfg.data.root)  # the walk itself is the start's, once (effnet.start)
     weights = cfg.model.weights
     if weights is not None:
         path = Path(str(weights)).expanduser()
@@ -363,8 +363,8 @@ def _validate_rules(cfg: DictConfig, rules) -> None:
         return
     model_file(str(cfg.ckpt))  # a folder without a model, a file that is no checkpoint
     root = OmegaConf.select(cfg, "data.root")
-    if root is not None:  # eval and export may score another folder
-        folders.discover(root, cfg.data.val_fraction, cfg.seed)
+    if root is not None:  # eval and export may score another folder; the command walks it, once
+        folders.check_root(root)
 
 
 def validate_command(command: str, cfg: DictConfig) -> None:

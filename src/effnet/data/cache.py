@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,13 +65,17 @@ def base_shape(path: str, side: int) -> tuple[int, int] | None:
 
 
 def size_sample(
-    paths: Sequence[str], k: int = SIZE_SAMPLE, seed: int = 0
+    paths: Sequence[str], k: int = SIZE_SAMPLE, seed: int = 0, known: Mapping[str, tuple] | None = None
 ) -> tuple[tuple[int, int, bool], ...]:
     """(width, height, is JPEG) of up to k images drawn with a fixed seed: what
-    effnet.recipes.cache_bytes needs to estimate the store for data.cache=auto."""
+    effnet.recipes.cache_bytes needs to estimate the store for data.cache=auto. `known`: the
+    sizes the data scan read (effnet.data.scan), so that a start opens no file twice."""
     chosen = random.Random(seed).sample(list(paths), min(k, len(paths)))
     sizes = []
     for path in chosen:
+        if known and path in known:
+            sizes.append(tuple(known[path]))
+            continue
         try:
             with Image.open(path) as img:
                 sizes.append((img.size[0], img.size[1], img.format == "JPEG"))

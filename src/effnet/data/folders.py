@@ -214,23 +214,33 @@ def stratified_split(
     return train, val
 
 
-def discover(
-    root: str | os.PathLike,
-    val_fraction: float = 0.2,
-    seed: int = 42,
-    exclude: Collection[str] | Mapping[str, str] = (),
-) -> Split:
-    """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split.
-    Files in `exclude` (the data scan's unusable files, mapped to why where known) are left out
-    before the split is drawn; symlinks count each real file once (see `walk`)."""
-    root = Path(os.path.abspath(Path(root).expanduser()))  # split.json must not depend on the cwd
+def check_root(root: str | os.PathLike) -> Path:
+    """`root` as an absolute folder (split.json must not depend on the cwd); one line when it is
+    missing or a file."""
+    root = Path(os.path.abspath(Path(root).expanduser()))
     if root.exists() and not root.is_dir():
         raise UserError(f"data.root={root}: is a file; point data.root at a folder of class subfolders")
     if not root.is_dir():
         raise UserError(
             f"data.root={root}: folder not found; point data.root at a folder of class subfolders"
         )
-    found = walk(root)
+    return root
+
+
+def discover(
+    root: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    exclude: Collection[str] | Mapping[str, str] = (),
+    found: Found | None = None,
+) -> Split:
+    """Read `root` as train/ + val/ (+ test/) folders, or as one folder of classes to split.
+    Files in `exclude` (the data scan's unusable files, mapped to why where known) are left out
+    before the split is drawn; symlinks count each real file once (see `walk`). `found`: the
+    folder's walk, when the command has walked it already (a listing of a large folder on a
+    network filesystem is the slow part of a start; effnet.start walks once)."""
+    root = check_root(root)
+    found = walk(root) if found is None else found
     check_class_names(root, found)
     train_dir, val_dir = root / "train", _subfolder(root, VAL_NAMES)
     held_out = not train_dir.is_dir()
@@ -381,6 +391,18 @@ def load_split(run_dir: Path) -> Split | None:
     for key in ("train", "val", "test"):
         raw[key] = [tuple(s) for s in raw[key]]
     return Split(**raw)
+
+
+def rebase(split: Split, old_root: str, new_root: str) -> Split:
+    """`split` for a data folder that moved from `old_root` to `new_root`: each file found by its
+    path relative to the root."""
+
+    def moved(samples: list[Sample]) -> list[Sample]:
+        return [(os.path.join(new_root, os.path.relpath(p, old_root)), y) for p, y in samples]
+
+    return Split(
+        new_root, split.classes, moved(split.train), moved(split.val), moved(split.test), split.held_out
+    )
 
 
 def without(split: Split, exclude: Collection[str]) -> Split:

@@ -30,7 +30,7 @@ BAD_IMAGE_POLICIES = ("skip", "error")
 BALANCES = ("none", "weighted_sampler", "class_weights")  # see effnet.data.balance
 CACHE_DIR = Path("outputs") / "cache"
 REPORT_FILE = "data_report.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 IMBALANCE_WARN = 3.0  # largest / smallest class above this: suggest data.balance
 SHOWN_ROWS = 20  # problems printed; data_report.json has them all
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
@@ -43,6 +43,8 @@ class FileCheck:
     reason: str | None = None
     mode: str | None = None
     rotated: bool = False
+    size: tuple[int, int] | None = None  # (width, height): the data.cache estimate needs no second open
+    jpeg: bool = False
 
 
 @dataclass
@@ -59,6 +61,19 @@ class DataReport:
     class_counts: dict[str, int] = field(default_factory=dict)  # training images per class
     imbalance_ratio: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # path -> (width, height, is JPEG) of each usable image; left out of data_report.json (`record`)
+    sizes: dict[str, tuple[int, int, bool]] = field(default_factory=dict, repr=False)
+    unsaved: tuple[Path, dict] | None = field(default=None, repr=False)  # (cache file, entries): save_cache
+
+    def record(self) -> dict:
+        """data_report.json: what the scan found, without the per-image sizes."""
+        return {k: v for k, v in asdict(self).items() if k not in ("sizes", "unsaved")}
+
+    def save_cache(self) -> None:
+        """Write the scan cache a `scan_folder(write_cache=False)` left unwritten."""
+        if self.unsaved is not None:
+            _save_cache(*self.unsaved)
+            self.unsaved = None
 
     @property
     def bad_files(self) -> dict[str, str]:
@@ -83,8 +98,9 @@ def check_image(path: str, max_pixels: int) -> FileCheck:
             mode = img.mode
             rotated = img.getexif().get(0x0112, 1) not in (0, 1)
             img.draft("RGB", (64, 64))  # JPEG: decode every block, at 1/8 scale
+            size, jpeg = img.size, img.format == "JPEG"  # before draft() shrinks it
             img.load()
-            return FileCheck(mode=mode, rotated=rotated)
+            return FileCheck(mode=mode, rotated=rotated, size=size, jpeg=jpeg)
     except Image.DecompressionBombError as exc:
         return FileCheck(f"too many pixels (decompression bomb?): {exc}")
     except UnidentifiedImageError:
@@ -110,8 +126,11 @@ def _save_cache(path: Path, entries: dict) -> None:
     write_json(path, entries, indent=None)
 
 
-def check_files(paths: list[str], max_pixels: int, cache: Path | None, workers: int) -> tuple[dict, int]:
-    """{path: FileCheck} for every path, reusing cached results of unchanged files."""
+def check_files(
+    paths: list[str], max_pixels: int, cache: Path | None, workers: int, write: bool = True
+) -> tuple[dict, int, dict]:
+    """({path: FileCheck} for every path, reusing cached results of unchanged files; how many
+    came from the cache; the cache's new entries, written unless `write` is False)."""
     entries = _load_cache(cache) if cache else {}
     results, todo, signatures = {}, [], {}
     for path in paths:
@@ -129,22 +148,32 @@ def check_files(paths: list[str], max_pixels: int, cache: Path | None, workers: 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for path, check in zip(todo, pool.map(lambda p: check_image(p, max_pixels), todo), strict=True):
             results[path] = check
-    if cache and todo:
-        _save_cache(cache, {p: [signatures[p], asdict(results[p])] for p in signatures})
-    return results, len(paths) - len(todo)
+    entries = {p: [signatures[p], asdict(results[p])] for p in signatures} if cache and todo else {}
+    if entries and write:
+        _save_cache(cache, entries)
+    return results, len(paths) - len(todo), entries
 
 
 def scan_folder(
-    root: str, max_pixels: int, workers: int | None = None, cache: Path | None = None
+    root: str,
+    max_pixels: int,
+    workers: int | None = None,
+    cache: Path | None = None,
+    found: folders.Found | None = None,
+    write_cache: bool = True,
 ) -> DataReport:
     """Check every file under the class folders of `root` (both layouts). Paths are absolute, as
     folders.discover's are: the unusable files it leaves out are matched by path, and a relative
-    data.root must not let them all through."""
+    data.root must not let them all through. `found`: the folder's walk, when the command has
+    walked it already. The sizes of the usable images land in `report.sizes` (not recorded in
+    data_report.json): what the data.cache estimate reads instead of opening files again.
+    `write_cache=False` leaves the cache's new entries in the report for `save_cache`: a start
+    that ends without a run (a resume of a finished run) writes nothing."""
     started = time.perf_counter()
     root = os.path.abspath(os.path.expanduser(root))
     report = DataReport(root=str(root))
     images, class_images = [], {}
-    found = folders.walk(root)
+    found = folders.walk(root) if found is None else found
     report.skipped = found.skipped
     for parent, by_class in found.classes.items():
         for name, files in by_class.items():
@@ -157,7 +186,11 @@ def scan_folder(
                         {"file": path, "reason": f"unsupported extension {Path(path).suffix or '(none)'}"}
                     )
             class_images[class_folder] = [p for p in files if folders.is_image(p)]
-    checks, report.cached = check_files(images, max_pixels, cache, workers or os.cpu_count() or 1)
+    checks, report.cached, entries = check_files(
+        images, max_pixels, cache, workers or os.cpu_count() or 1, write=write_cache
+    )
+    if entries and not write_cache:
+        report.unsaved = (cache, entries)
     report.files = len(images) + len(report.problems)
     modes = Counter()
     for path in images:
@@ -167,6 +200,8 @@ def scan_folder(
             continue
         report.usable += 1
         report.exif_rotated += check.rotated
+        if check.size is not None:
+            report.sizes[path] = (*check.size, check.jpeg)
         if check.mode != "RGB":
             modes[check.mode] += 1
     training = next(iter(found.classes), None)  # folders.layout_folders: the training folder first

@@ -15,6 +15,7 @@ import netrc
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
@@ -24,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from effnet import sweeps
 from effnet.online import reachable
@@ -152,32 +153,34 @@ def run_identity(run_dir: Path) -> tuple[str, str | None]:
     return sweeps.job_name(HydraConfig.get()), sweeps.sweep_group(HydraConfig.get())
 
 
-def run_config(cfg: DictConfig, resolved: dict) -> dict:
+def run_config(config: Mapping[str, Any], resolved: dict) -> dict:
     """The composed config as a nested dict, with the values the recipe chose in place of its nulls."""
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
     config.update({k: resolved[k] for k in RECIPE_KEYS if config.get(k) is None and k in resolved})
     config["resolved"] = resolved
     return config
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, resolved: dict) -> list:
-    """Instantiate every configured logger with its files in run_dir."""
-    loggers = []
-    for conf in (cfg.logger or {}).values():
-        kind = conf._target_.rsplit(".", 1)[-1]
+def build_loggers(
+    loggers: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any], run_dir: Path, resolved: dict
+) -> list:
+    """Instantiate every configured logger (the plan's `records.loggers`) with its files in run_dir;
+    W&B's run config is the composed `config` with the plan's values (`resolved`)."""
+    built = []
+    for conf in loggers.values():
+        kind = conf["_target_"].rsplit(".", 1)[-1]
         extra = dict(PLACEMENT.get(kind, {}), save_dir=str(run_dir))
         if kind == "WandbLogger":
             name, group = run_identity(run_dir)
             extra.update(
                 name=conf.get("name") or name,
                 group=conf.get("group") or group,
-                config=run_config(cfg, resolved),
+                config=run_config(config, resolved),
             )
         # merged, not passed as kwargs: `config` (the W&B run config) is instantiate's own first argument;
         # not recursive: that config holds the loggers' own `_target_`s
-        node = {**OmegaConf.to_container(conf, resolve=True), **extra}
-        loggers.append(instantiate(node, _convert_="all", _recursive_=False))
-    return loggers
+        built.append(instantiate({**conf, **extra}, _convert_="all", _recursive_=False))
+    return built
 
 
 def _to_wandb(logger, step, images, tables, confusion, summary) -> None:

@@ -1,12 +1,11 @@
-"""One training run: the plan, then the objects it names, then fit, then summary.json.
+"""One training run: the objects the plan names, then fit, then summary.json.
 
-Every value comes from effnet.plan.RunPlan, resolved once; this module only builds the module,
-the loaders, the callbacks and the Trainer from it, and records what happened.
+Every value comes from effnet.plan.RunPlan, resolved once by effnet.start; this module only
+builds the module, the loaders, the callbacks and the Trainer from it, and records what happened.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
@@ -15,9 +14,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from effnet import cluster, diskspace, runfolder, runs
+from effnet import diskspace, runfolder, runs
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, pixels, scan
@@ -25,6 +24,7 @@ from effnet.data.balance import sample_weights
 from effnet.data.loaders import ImageDataModule
 from effnet.errors import held_warnings
 from effnet.files import write_json
+from effnet.start import Start
 from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
@@ -52,42 +52,43 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run(
-    cfg: DictConfig, run_dir: Path, split: folders.Split | None = None, trial: TrialRef | None = None
-) -> dict:
-    """Train one model; returns the summary that is also written to run_dir/summary.json.
-    A signal ends it with a checkpoint and the command that resumes it (effnet.training.interrupts).
-    split: train on this split of data.root rather than drawing one (bench.py's subset).
-    trial: the Optuna trial of a sweep job, to report each epoch to and be pruned by."""
+def run(begun: Start, trial: TrialRef | None = None) -> dict:
+    """Train the run `begun` (effnet.start) sets up; returns the summary that is also written to
+    run_dir/summary.json. A signal ends it with a checkpoint and the command that resumes it
+    (effnet.training.interrupts). trial: the Optuna trial of a sweep job, to report each epoch to
+    and be pruned by."""
+    run_dir = begun.run_dir
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
         try:
-            return train(cfg, run_dir, stop, split, trial)
+            return train(begun.plan, begun.split, begun.report, run_dir, stop, trial)
         except Exception as exc:
             full = diskspace.NoSpace.of(exc)
             if full is None or full.kept is not None:
                 raise
-            # a checkpoint, a figure, the metrics, the data cache, the scan's cache: the disk is full
+            # a checkpoint, a figure, the metrics, the data cache: the disk is full
             raise full.keeping(kept_checkpoint(run_dir)) from exc
         finally:
             stop.requeue_if_asked()  # last: SLURM ends the job's processes once it is requeued
 
 
-def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split, report, cfg) -> None:
+def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split, report) -> None:
     """Rank 0, before the other ranks exist: clear what a killed attempt left, write the split,
     the data report and the resolved plan."""
     ranks.clear(run_dir)
     for stale in write.remove_stale_temporaries(run_dir / find.CHECKPOINTS):
         log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
-    if plan.resume is None or folders.load_split(run_dir) is None:  # a resume keeps the run's own
+    if plan.resumed is None or folders.load_split(run_dir) is None:  # a resume keeps the run's own
         folders.save_split(split, run_dir)
     runfolder.record(run_dir, runfolder.identity_of(plan))
-    write_json(run_dir / scan.REPORT_FILE, dataclasses.asdict(report))
-    scan.log_report(report, cfg.data.on_bad_image)
+    write_json(run_dir / scan.REPORT_FILE, report.record())
+    scan.log_report(report, plan.records.on_bad_image)
     for warning in plan.warnings:  # what the plan adjusted (a shrunk batch, a tier): the log says it too
         if warning not in report.warnings:  # the data's own were logged with the scan
             log.warning(warning)
-    (run_dir / "resolved.yaml").write_text(OmegaConf.to_yaml({"resolved": plan.summary(), "config": cfg}))
+    (run_dir / "resolved.yaml").write_text(
+        OmegaConf.to_yaml({"resolved": plan.summary(), "config": dict(plan.records.config)})
+    )
 
 
 def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule:
@@ -105,48 +106,43 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
     )
 
 
-def note_resume(plan: run_plan.RunPlan, checkpoint: Path, run_dir: Path) -> None:
+def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
     """Say where the run continues, warn when the schedule differs, and drop the metrics rows of
     the epochs about to be replayed so none is logged twice."""
-    next_epoch = resume.resume_epoch(checkpoint)
-    log.info("resuming from %s at the start of epoch %d", checkpoint, next_epoch + 1)
-    planned = resume.planned_epochs(checkpoint)
-    if planned is not None and planned != plan.recipe.epochs:  # timm restores its schedule's length
+    log.info("resuming from %s at the start of epoch %d", resumed.checkpoint, resumed.next_epoch + 1)
+    planned = resumed.planned_epochs
+    if planned is not None and planned != epochs:  # timm restores its schedule's length
         log.warning(
             "epochs=%d, but the checkpoint's learning-rate schedule was built for %d epochs and is "
             "restored as it was (after epoch %d the lr stays at scheduler.min_lr); start a new run to "
             "train on a different schedule",
-            plan.recipe.epochs,
+            epochs,
             planned,
             planned,
         )
-    resume.trim_metrics(run_dir / "metrics.csv", next_epoch)
+    resume.trim_metrics(run_dir / "metrics.csv", resumed.next_epoch)
 
 
 def train(
-    cfg: DictConfig,
+    plan: run_plan.RunPlan,
+    split: folders.Split,
+    report,
     run_dir: Path,
     stop: interrupts.Interrupts,
-    split: folders.Split | None = None,
     trial: TrialRef | None = None,
 ) -> dict:
+    """The plan's objects (the module, the loaders, the callbacks, the Trainer), then fit, then
+    summary.json. Reads the plan alone: every value was decided at the start."""
     started = time.perf_counter()
     quiet_libraries()
-    cluster.resume_if_requeued(cfg, run_dir)  # before the claim: a requeued job resumes its own run
-    runfolder.claim(cfg, run_dir)  # done already under train.py; this is for callers of run()
     run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    checkpoint = find.locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
-    # the setup reads the user's files (checkpoint, images, weights): a torch or Pillow warning
-    # about one must not precede the line that refuses it
-    with held_warnings():
-        if checkpoint is not None:
-            runfolder.check_checkpoint(cfg, run_dir, checkpoint)
-        pixels.set_limit(cfg.data.max_image_pixels)  # the loaders' guard, at the scan's limit
-        resumed = str(checkpoint) if checkpoint else None
-        plan, split, report = run_plan.resolve(cfg, run_dir, resume=resumed, split=split)
+    L.seed_everything(plan.seed, workers=True, verbose=False)
+    checkpoint = Path(plan.resumed.checkpoint) if plan.resumed else None
+    records = plan.records
+    with held_warnings():  # a torch warning about the user's weights must not precede its one line
+        pixels.set_limit(records.max_image_pixels)  # the loaders' guard, at the scan's limit
         if runs.global_rank() == 0:
-            prepare_run_dir(run_dir, plan, split, report, cfg)
+            prepare_run_dir(run_dir, plan, split, report)
         torch.set_num_threads(plan.loading.threads)
         module = ClassifierModule(**plan.module_args(), init=plan.init)
     setup = {**plan.summary(), "parameters": sum(p.numel() for p in module.net.parameters())}
@@ -159,17 +155,17 @@ def train(
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
-        monitor="val/acc",
-        mode="max",
+        monitor=records.monitor,
+        mode=records.monitor_mode,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
     # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     throughput, best_epoch = Throughput(), BestEpoch()
-    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=cfg.dashboards.samples)
+    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=records.samples)
     callbacks = [
-        StopOnDivergence(cfg.divergence.patience, ckpt_dir / find.LAST),  # first: before anything records
+        StopOnDivergence(records.divergence_patience, ckpt_dir / find.LAST),  # first: before anything records
         best,
         latest,
         throughput,
@@ -186,7 +182,7 @@ def train(
     pruning = ReportToTrial(trial) if trial is not None else None
     if pruning is not None:
         callbacks.append(pruning)
-    loggers = build_loggers(cfg, run_dir, setup)
+    loggers = build_loggers(records.loggers, records.config, run_dir, setup)
     trainer = L.Trainer(
         **{
             **plan.trainer_args(),
@@ -197,8 +193,8 @@ def train(
         logger=loggers or False,
         plugins=[write.AtomicCheckpointIO()],
     )
-    if trainer.is_global_zero and checkpoint is not None:
-        note_resume(plan, checkpoint, run_dir)
+    if trainer.is_global_zero and plan.resumed is not None:
+        note_resume(plan.resumed, plan.recipe.epochs, run_dir)
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
         fit(trainer, module, datamodule, checkpoint, run_dir, stop, plan.ddp_timeout_s)

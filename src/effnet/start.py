@@ -1,0 +1,90 @@
+"""The start of a training run, decided once and in this order: check the settings, walk and scan
+the data, resolve the plan, claim the run folder. Training (effnet.training.run) then reads the
+`Start` alone.
+
+train.py does this in Hydra's callback, before Hydra writes anything into the run folder, so a
+refused start leaves nothing behind; a multirun job, whose values the sweep sets, does it in the
+job. Imports no torch, except to read the checkpoint a resume continues.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from effnet import cluster, plan, runfolder, runs
+from effnet.checkpoints.find import locate
+from effnet.cli.validate import validate
+from effnet.errors import held_warnings
+
+
+@dataclass(frozen=True)
+class Start:
+    """Everything a training run reads: its plan, its split and what the scan found, and its folder."""
+
+    plan: plan.RunPlan
+    split: object  # effnet.data.folders.Split
+    report: object  # effnet.data.scan.DataReport
+    run_dir: Path
+
+
+def dry_run(cfg: DictConfig) -> plan.RunPlan:
+    """The plan train.py would make, without a run folder: the settings checked, the data walked
+    and scanned once (its cache then serves the real run)."""
+    validate(cfg)
+    with held_warnings():
+        run_plan, _, report = plan.resolve(cfg)
+    report.save_cache()
+    return run_plan
+
+
+def start(cfg: DictConfig, run_dir: Path | None = None) -> Start:
+    """Check, walk, plan and claim, each once (see the module docstring). A resume of a run that
+    has finished ends here with one line and exit 0, changing nothing. run_dir: None for Hydra's
+    `hydra.run.dir`, read once the settings are checked (its interpolation locates the run a
+    ckpt_path names)."""
+    validate(cfg)
+    run_dir = Path(run_dir if run_dir is not None else cfg.hydra.run.dir).absolute()
+    rank_zero = runs.global_rank() == 0
+    if rank_zero:
+        runfolder.check_makeable(run_dir)  # one line now, not after the scan and the plan
+    # the setup reads the user's files (checkpoint, images, weights): a torch or Pillow warning
+    # about one must not precede the line that refuses it
+    with held_warnings():
+        cluster.resume_if_requeued(cfg, run_dir)  # a requeued SLURM job resumes the run its folder holds
+        checkpoint = locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
+        surveyed = plan.survey(cfg)
+        moved = runfolder.check(cfg, run_dir, surveyed) if rank_zero else None
+        resumed, raw = resumed_from(checkpoint) if checkpoint else (None, None)
+        run_plan, split, report = plan.resolve(cfg, run_dir, resumed=resumed, surveyed=surveyed, moved=moved)
+        if rank_zero and raw is not None:
+            runfolder.check_checkpoint(run_plan, str(cfg.ckpt_path), checkpoint, raw)
+            done = runfolder.finished(run_dir, resumed.next_epoch, run_plan.recipe.epochs)
+            if done:
+                print(f"effnet: {done}", file=sys.stderr, flush=True)
+                raise SystemExit(0)
+        if rank_zero:  # the other ranks write into the folder their rank 0 holds
+            runfolder.take(run_dir, resume=checkpoint is not None, moved=moved, new_root=surveyed.root)
+            report.save_cache()  # a start refused above writes nothing, not even the cache
+    return Start(run_plan, split, report, run_dir)
+
+
+def resumed_from(checkpoint: Path) -> tuple[plan.Resumed, dict]:
+    """The checkpoint a resume continues, read once (mmap: its tensors are not read), without
+    unpickling code: one line for a file that is not an effnet checkpoint."""
+    from effnet.checkpoints import read
+    from effnet.checkpoints.resume import epoch_to_resume
+
+    raw = read.read(checkpoint, "ckpt_path", mmap=True)
+    hparams = raw.get("hyper_parameters") or {}
+    optimisation = dict(hparams.get("optimisation") or hparams)  # flat in older checkpoints
+    epochs = optimisation.get("epochs")
+    return plan.Resumed(
+        checkpoint=str(checkpoint),
+        next_epoch=epoch_to_resume(raw),
+        planned_epochs=None if epochs is None else int(epochs),
+        backbone_lr_scale=float(optimisation.get("backbone_lr_scale", 1.0)),
+    ), raw
