@@ -14,7 +14,7 @@ import timm
 import torch
 from PIL import Image
 
-from effnet.data.loaders import train_transform  # one timm create_transform call, no framework
+from effnet.data.transforms import train_transform  # one timm create_transform call, no framework
 
 
 class Files(torch.utils.data.Dataset):

@@ -63,8 +63,8 @@ class Preprocessing:
         )
 
     def transform(self):
-        """The exact transform validation uses (effnet.data.loaders.eval_transform)."""
-        from effnet.data.loaders import eval_transform
+        """The exact transform validation uses (effnet.data.transforms.eval_transform)."""
+        from effnet.data.transforms import eval_transform  # here: it imports timm; this module, no torch
 
         return eval_transform(self.image_size, self.crop_pct, self.interpolation)
 

@@ -271,7 +271,7 @@ def decode_size(image_size: int, min_scale: float) -> int:
 
 def stored_side(short: int, side: int, jpeg: bool = True) -> int:
     """About how long the short side of an image is once decoded for training
-    (effnet.data.cache.base_image): a JPEG decodes at 1/2, 1/4 or 1/8 scale while that stays
+    (effnet.data.decode.base_image): a JPEG decodes at 1/2, 1/4 or 1/8 scale while that stays
     >= `side`, then any image still twice `side` or more is reduced by an integer factor."""
     if jpeg:
         scale = next(s for s in (8, 4, 2, 1) if s <= max(1, short // side))

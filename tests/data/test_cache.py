@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from effnet.data import cache, folders
-from effnet.data.loaders import ImageDataModule, base_image
+from effnet.data.datamodule import ImageDataModule
+from effnet.data.decode import base_image
 from effnet.preprocessing import Preprocessing
 from tests.helpers import ROOT, compose_cfg, source_path
 

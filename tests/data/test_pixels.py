@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from effnet.data import pixels, scan
-from effnet.data.loaders import load_rgb
+from effnet.data.decode import load_rgb
 from tests.helpers import compose_cfg, make_images
 
 SIDE = 12_000  # 144 megapixels: ~2 GB decoded as RGB, 140 kB as a file

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from effnet.data import folders, scan
-from effnet.data.loaders import ImageDataModule, load_rgb
+from effnet.data.datamodule import ImageDataModule
+from effnet.data.decode import load_rgb
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 from tests.helpers import FAST, compose_cfg, make_images, start_and_run
@@ -208,36 +209,6 @@ def test_a_file_that_goes_bad_after_the_scan_does_not_end_the_epoch(tmp_path, wo
     assert all(images.dtype == torch.uint8 for images, _ in batches)
     if workers == 0:  # (a worker process logs to its own stderr)
         assert f"skipped {broken}" in caplog.text
-
-
-def test_weighted_sampler_evens_out_the_classes(tmp_path):
-    from effnet.data.balance import sample_weights
-    from effnet.data.loaders import EpochSampler
-
-    root = make_images(tmp_path / "skewed", {"ant": 30, "bee": 3})
-    split = folders.discover(root, 0.1, 0)
-    sampler = EpochSampler(len(split.train), seed=0, weights=sample_weights(split.train))
-    labels = [split.train[i][1] for epoch in range(20) for i, _ in (sampler.set_epoch(epoch) or sampler)]
-    share = sum(labels) / len(labels)
-    assert 0.4 < share < 0.6, share  # bee is 10% of the images, ~50% of the draws
-
-
-def test_a_transform_that_refuses_its_random_draw_is_redrawn(tmp_path):
-    """timm's posterize can ask Pillow >= 13 for 0 bits; the sample is augmented again instead."""
-    from effnet.data.loaders import ImageList
-
-    root = make_images(tmp_path / "one", {"ant": 1, "bee": 1})
-    calls = []
-
-    def flaky(image):
-        calls.append(1)
-        if len(calls) == 1:
-            raise ValueError("bits must be between or equal to 1 and 8")
-        return torch.zeros(3, 8, 8, dtype=torch.uint8)
-
-    dataset = ImageList(folders.discover(root, 0.5, 0).train, flaky, 8)
-    image, _ = dataset[(0, 123)]
-    assert image.shape == (3, 8, 8) and len(calls) == 2 and not dataset.failed
 
 
 def test_corrupt_data_stops_the_plan_and_a_dropped_class_is_in_it(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from effnet.cli.validate import validate_command
-from effnet.data.loaders import eval_transform, load_rgb
+from effnet.data.decode import load_rgb
+from effnet.data.transforms import eval_transform
 from effnet.deploy import evaluate
 from effnet.errors import UserError
 from effnet.training.module import ClassifierModule

@@ -211,7 +211,7 @@ def test_resume_command_keeps_the_arguments_and_replaces_ckpt_path(tmp_path):
 def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(data, tmp_path):
     """SLURM (time limit, scancel, preemption) and `kill -- -PGID` signal every process of the job,
     the loader workers too: they must leave the stop to the trainer, not die and take it down.
-    (Every stop signal takes the same path in the workers: effnet.data.loaders.STOP_SIGNALS.)"""
+    (Every stop signal takes the same path in the workers: effnet.data.datamodule.STOP_SIGNALS.)"""
     stop = signal.SIGTERM
     args = [f"data.root={data}", *ARGS, "data.num_workers=1", "epochs=50"]
     proc = subprocess.Popen(

@@ -1,7 +1,7 @@
 """The state that makes resume exact.
 
 Resume happens at an epoch boundary. The data order and every sample's augmentation are a pure
-  function of (seed, epoch) (see data.EpochSampler), so what a resumed run still needs is the
+  function of (seed, epoch) (see effnet.data.dataset.EpochSampler), so what a resumed run still needs is the
   state of the model, optimizer, scheduler and EMA (Lightning saves those) plus the global RNGs
   that dropout, drop-path, mixup and random erasing draw from. A run killed mid-epoch replays that
   epoch from its start and ends bit-identical to an uninterrupted run on the CPU.

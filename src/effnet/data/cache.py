@@ -12,7 +12,7 @@ so an epoch after the first only crops, flips and augments.
   and DDP ranks share it; an image whose size or mtime changed is decoded again.
 
 The pixels a transform sees are the same with or without a store (`base_image` is the only way
-training decodes: effnet.data.loaders.base_image), so batches, and resume, stay bit-exact
+training decodes: effnet.data.decode.base_image), so batches, and resume, stay bit-exact
 whatever data.cache is.
 """
 
@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from effnet import diskspace
-from effnet.data.loaders import DECODE_ERRORS, base_image
+from effnet.data.decode import DECODE_ERRORS, base_image
 from effnet.data.scan import CACHE_DIR
 from effnet.files import write_json
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from effnet.data import folders, pixels
+from effnet.data.decode import DECODE_ERRORS
 from effnet.errors import UserError
 from effnet.files import write_json
 
@@ -33,7 +34,6 @@ REPORT_FILE = "data_report.json"
 CACHE_VERSION = 2
 IMBALANCE_WARN = 3.0  # largest / smallest class above this: suggest data.balance
 SHOWN_ROWS = 20  # problems printed; data_report.json has them all
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from effnet import recipes
 from effnet.checkpoints import read
-from effnet.data.loaders import load_rgb
+from effnet.data.decode import load_rgb
 from effnet.deploy import bundle
 from effnet.deploy.paths import deployable_file, expand_inputs
 from effnet.errors import UserError

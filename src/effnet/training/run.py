@@ -21,7 +21,7 @@ from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, pixels, scan
 from effnet.data.balance import sample_weights
-from effnet.data.loaders import ImageDataModule
+from effnet.data.datamodule import ImageDataModule
 from effnet.errors import held_warnings
 from effnet.files import write_json
 from effnet.start import Start

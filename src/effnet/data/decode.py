@@ -1,0 +1,47 @@
+"""Opening an image file: the one decode the scan, the data cache, training's loaders, eval and
+predict share, and the errors a file that cannot be decoded raises.
+
+Separate from the dataset and the cache so that both, and the torch-free scan, import it without
+importing each other. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from effnet.data import pixels
+
+# What a file that cannot be decoded raises (PIL uses all of these): the scan reports it, the
+# loaders skip it, the cache leaves it to be decoded while training.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def load_rgb(path: str, min_size: int) -> Image.Image:
+    """Decode as RGB, upright per EXIF. Large JPEGs decode at a reduced DCT scale that still
+    leaves at least `min_size` pixels on the short side: several times faster on big photos.
+    An image over the pixel limit (effnet.data.pixels) is refused before it is decoded."""
+    with Image.open(path) as img:
+        pixels.check(img)
+        img.draft("RGB", (min_size, min_size))
+        img = ImageOps.exif_transpose(img)
+        return to_8bit(img).convert("RGB")
+
+
+def base_image(path: str, side: int) -> Image.Image:
+    """A training image as every epoch starts from it, cached or not (effnet.data.cache):
+    `load_rgb` (a JPEG decodes at the smallest DCT scale that keeps `side` on the short side),
+    then an image still at least twice `side` (a large PNG, a giant JPEG) reduced by an integer
+    factor, as a JPEG draft would. `side` is the short side the smallest random crop needs."""
+    image = load_rgb(path, side)
+    short = min(image.size)
+    return image.reduce(short // side) if short >= 2 * side else image
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grayscale (scientific TIFFs, depth PNGs) scaled from 0-65535 to
+    0-255: Pillow's convert("RGB") would clip every value above 255 to white."""
+    if not img.mode.startswith("I"):
+        return img
+    pixels = np.asarray(img, dtype=np.float32) / 257
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
