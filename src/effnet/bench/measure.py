@@ -16,14 +16,19 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from effnet.bench.machine import MemoryWatch
 from effnet.progress import ticks, track
 
+if TYPE_CHECKING:
+    from effnet.data.folders import Split
+    from effnet.plan import RunPlan
 
-def bench_split(split, images: int, val_images: int, seed: int):
+
+def bench_split(split: Split, images: int, val_images: int, seed: int) -> Split:
     """The seeded subset every measurement uses."""
     from effnet.data.folders import Split
 
@@ -37,18 +42,18 @@ def _rate(images: int, seconds: float) -> float:
     return round(images / seconds, 2) if seconds > 0 else 0.0
 
 
-def _device(plan):
+def _device(plan: RunPlan):
     import torch
 
     return torch.device("cuda" if plan.accelerator == "cuda" else "cpu")
 
 
-def one_device_trainer_args(plan) -> dict:
+def one_device_trainer_args(plan: RunPlan) -> dict:
     """The plan's Trainer arguments on one device: the bench measures one training process."""
     return {**plan.trainer_args(), "devices": 1, "num_nodes": 1, "strategy": "auto"}
 
 
-def ceiling(plan, warmup: int, steps: int) -> dict:
+def ceiling(plan: RunPlan, warmup: int, steps: int) -> dict:
     """The training step alone: random uint8 batches already on the device, through Lightning."""
     import lightning as L
     import torch
@@ -143,7 +148,7 @@ def _loader_result(rates: list[float], workers: int, **extra) -> dict:
     }
 
 
-def effnet_loader(plan, split, epochs: int, cuda: bool) -> dict:
+def effnet_loader(plan: RunPlan, split: Split, epochs: int, cuda: bool) -> dict:
     """The training loader alone, as a run builds it."""
     from effnet.training.run import data_module
 
@@ -166,7 +171,7 @@ def effnet_loader(plan, split, epochs: int, cuda: bool) -> dict:
     )
 
 
-def timm_loader(plan, split, epochs: int) -> dict:
+def timm_loader(plan: RunPlan, split: Split, epochs: int) -> dict:
     """timm's own create_loader (its prefetcher and fast collate) on the same images, size,
     augmentation, batch and workers."""
     import torch
@@ -212,7 +217,7 @@ def timm_loader(plan, split, epochs: int) -> dict:
     return _loader_result(rates, plan.loading.workers)
 
 
-def pinned_config(cfg: DictConfig, plan, epochs: int, threads: int | None) -> DictConfig:
+def pinned_config(cfg: DictConfig, plan: RunPlan, epochs: int, threads: int | None) -> DictConfig:
     """The config of a run that trains exactly as the plan says, on one device, whatever the
     bench subset's size would make data_size=auto or data.cache=auto choose."""
     pinned = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
@@ -242,7 +247,9 @@ def pinned_config(cfg: DictConfig, plan, epochs: int, threads: int | None) -> Di
     return pinned
 
 
-def train_subset(cfg: DictConfig, plan, split, run_dir: Path, epochs: int, threads: int | None) -> dict:
+def train_subset(
+    cfg: DictConfig, plan: RunPlan, split: Split, run_dir: Path, epochs: int, threads: int | None
+) -> dict:
     """effnet.training.run.run, what train.py runs, on the bench's subset as the plan says; its summary.
     The only place the plan becomes a run, so that a run() taking the plan itself changes this
     function and pinned_config alone."""
@@ -264,7 +271,7 @@ def _epoch_rows(run_dir: Path) -> list[dict]:
 
 
 def end_to_end(
-    cfg: DictConfig, plan, split, run_dir: Path, epochs: int, threads: int | None, cuda: bool
+    cfg: DictConfig, plan: RunPlan, split: Split, run_dir: Path, epochs: int, threads: int | None, cuda: bool
 ) -> dict:
     """Real training epochs through effnet.training.run.run (what train.py runs) on the bench's
     images."""
@@ -286,7 +293,7 @@ def end_to_end(
     }
 
 
-def plain_loop(plan, split, epochs: int) -> dict:
+def plain_loop(plan: RunPlan, split: Split, epochs: int) -> dict:
     """effnet.bench.plain_loop, the framework-free reference, on the same images, with the plan's
     intra-op threads."""
     import torch
