@@ -6,7 +6,7 @@ python bench.py --help
 
 from pathlib import Path
 
-from effnet.bench import bench_task
+from effnet.bench.task import bench_task
 from effnet.cli.app import main
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ DRY_RUN = ("dry_run=true", "trainer.accelerator=cpu")
 # The legacy exporter (the default, dynamo, takes ~20 s more for this tiny model; conftest's
 # onnx_bundle uses the legacy one too), no latency benchmark (~15 s), 12 calibration images.
 EXPORT_SMALL = ("exporter=torchscript", "bench.enabled=false", "calibration.images=12", "num_workers=0")
-# tests/test_bench.py's tiny bench.
+# tests/bench/test_task.py's tiny bench.
 BENCH_SMALL = (
     "model=mobilenetv3_small",
     "image_size=32",
@@ -140,7 +140,7 @@ RULES = (
     Rule(r"export\.py", "python", "exported", add=EXPORT_SMALL, setup=("run",), why="of the shared run, small"),
     Rule(r"predict\.py", "python", "predicted", add=("num_workers=0",), setup=("run", "bundle"),
          why="with conftest.onnx_bundle (the shared run's int8 bundle) where export.py puts it"),
-    Rule(r"bench\.py", "python", "benched", add=BENCH_SMALL, why="tests/test_bench.py's tiny bench"),
+    Rule(r"bench\.py", "python", "benched", add=BENCH_SMALL, why="tests/bench/test_task.py's tiny bench"),
     Rule(r"-m effnet\.report\b", "python", "reported", setup=("sweep",), why="of a 2-job sweep of small runs"),
 )
 # fmt: on

@@ -362,7 +362,7 @@ def provenance(command: str) -> list[str]:
     import timm
     import torch
 
-    from effnet.bench import cpu_name
+    from effnet.bench.machine import cpu_name
 
     return [
         "effnet memory model: the bytes one training step holds (src/effnet/memory.py says how they are counted)",

@@ -3,7 +3,7 @@
 The same files, model, micro-batch, augmentation (timm's transform, uint8 out, normalised on the
 device), workers and precision as an effnet run, and none of the framework (no Lightning, logging,
 metrics, schedule or checkpoints). `python bench.py ... bench.compare=plain` runs it on the bench's
-images; alone: python benchmarks/plain_loop.py ROOT [--image-size 224 --batch 32 --workers 1 --epochs 2]
+images; alone: python -m effnet.bench.plain_loop ROOT [--image-size 224 --batch 32 --workers 1 --epochs 2]
 """
 
 from __future__ import annotations
