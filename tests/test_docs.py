@@ -47,7 +47,7 @@ def anchors(path: Path) -> set[str]:
 
 def links(path: Path, section: str | None = None) -> list[tuple[int, str]]:
     """(line, target) of every link and image on the page, or in its `## section` only."""
-    out, inside, toks = [], section is None, tokens(path)
+    out, inside, toks, lines = [], section is None, tokens(path), path.read_text().splitlines()
     for i, token in enumerate(toks):
         if section is not None and token.type == "heading_open" and token.tag == "h2":
             inside = heading_text(toks[i + 1]) == section
@@ -56,7 +56,9 @@ def links(path: Path, section: str | None = None) -> list[tuple[int, str]]:
         for child in token.children or []:
             target = child.attrs.get("href") if child.type == "link_open" else child.attrs.get("src")
             if child.type in ("link_open", "image") and target:
-                out.append((token.map[0] + 1, target))
+                first, end = token.map  # the block's lines: the link's own is the first that holds it
+                line = next((n for n in range(first, end) if f"]({target}" in lines[n]), first)
+                out.append((line + 1, target))
     return out
 
 
