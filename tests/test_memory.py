@@ -1,6 +1,6 @@
 """effnet.memory: the measured memory model. B0 is measured again here on the CPU and checked
-against memory.csv; fake tensors must count what real ones hold; the README's tier tables must be
-the generator's. The `gpu` tests put the prediction against torch.cuda.max_memory_allocated."""
+against memory.csv; fake tensors must count what real ones hold; docs/recipes.md's tier tables must
+be the generator's. The `gpu` tests put the prediction against torch.cuda.max_memory_allocated."""
 
 from pathlib import Path
 
@@ -66,10 +66,23 @@ def test_the_csv_says_how_when_where_and_with_what_it_was_measured():
     assert f"torch {torch.__version__.split('+')[0]}" in text and "timm " in text
 
 
-def test_readme_tier_tables_are_the_generators():
-    assert memory.readme_tables(ROOT / "README.md") == memory.tables(), (
-        "README.md's GPU memory tables differ from memory.csv: paste `python -m effnet.memory --tables`"
+def test_the_docs_tier_tables_are_the_generators():
+    assert memory.TABLES_PAGE == ROOT / "docs" / "recipes.md"
+    assert memory.page_tables() == memory.tables(), (
+        "docs/recipes.md's GPU memory tables differ from memory.csv: run `python -m effnet.memory --write-tables`"
     )
+
+
+def test_the_generator_writes_the_tables_between_the_markers_only(tmp_path):
+    page = tmp_path / "recipes.md"
+    page.write_text(f"# Before\n\n{memory.TABLE_START}\nold table\n{memory.TABLE_END}\n\nAfter.\n")
+    assert memory.write_tables(page)
+    assert memory.page_tables(page) == memory.tables()
+    text = page.read_text()
+    assert text.startswith(f"# Before\n\n{memory.TABLE_START}\n") and text.endswith(
+        f"{memory.TABLE_END}\n\nAfter.\n"
+    )
+    assert not memory.write_tables(page), "a second write changes nothing"
 
 
 def test_the_gpu_check_predicts_without_a_gpu():

@@ -1,6 +1,8 @@
-"""README.md, executed (issue 17): every shell command in its code blocks runs here, small.
+"""README.md and docs/*.md, executed (issues 17, 18): every shell command in their code blocks runs
+here, small.
 
-Found at test time: markdown-it-py parses README.md; every ```bash/```sh/```shell block and every
+Found at test time: markdown-it-py parses README.md and every docs/*.md page (PAGES); every
+```bash/```sh/```shell block and every
 unlabelled ``` block holds commands (```text blocks show output and are left alone). A trailing `\\`
 joins the next line; `#` starts a comment, so comment lines (`#!`, `#SBATCH` too) are not commands.
 
@@ -10,10 +12,12 @@ the reason (invisible on GitHub):
     <!-- not run by the suite: REASON -->                   every command of the block
     <!-- not run by the suite: `make test`: REASON -->      the block's commands starting `make test`
 
-Marked commands are collected as skipped tests with that reason (`pytest -ra` lists them).
+Marked commands are collected as skipped tests with that reason (`pytest -ra` lists them). A
+command that an earlier page (README.md first, then docs/ by name) already runs, word for word, is
+collected as skipped too, naming where it runs: it runs once.
 
 Run: every other command by the first rule of RULES whose pattern it matches, in a fresh copy of
-the checkout (README commands run from the repository root), with PLACEHOLDERS replaced and the
+the checkout (every page's commands run from the repository root), with PLACEHOLDERS replaced and the
 rule's small settings added (in place of the command's own value of a key it sets: the scripts
 refuse a key given twice). Python commands run in a fork of one interpreter that has imported
 torch, Lightning and timm once (tests/helpers.WarmEntry): each is still its own process, with
@@ -42,14 +46,14 @@ from markdown_it import MarkdownIt
 from tests.helpers import FAST, ROOT, WarmEntry, make_images
 
 # ================================================================================================
-# The table: how a README command runs here. Everything that makes a command small, and why, is
-# here and nowhere else. A new README command either matches a rule or carries a marker.
+# The table: how a command of README.md or docs/*.md runs here. Everything that makes a command
+# small, and why, is here and nowhere else. A new command either matches a rule or carries a marker.
 # ================================================================================================
 
 RUN = "2026-01-05_09-12-44_a1b2c3"  # the shared run's folder in outputs/train/
 SWEEP = "2026-01-05_09-12-44"  # the shared sweep's folder in outputs/multirun/
 
-# Text in a README command -> what it is here (longest first). {photos}: the small labelled data
+# Text in a page's command -> what it is here (longest first). {photos}: the small labelled data
 # set conftest.trained_run was trained on (3 classes, train/ + val/, 42 images of 40 px), so the
 # shared run can be resumed on it; {new}: 3 unlabelled images; {venv}: the bin/ folder of the
 # interpreter running the suite (make installs .venv; the suite runs in one already).
@@ -64,8 +68,8 @@ PLACEHOLDERS = {
 }
 
 # A training run of a few seconds: tests/helpers.FAST, the shared run's model, one intra-op thread
-# (2 xdist workers share 2 cores, and threads competing for a core wait on each other: README,
-# "Threads"), 2 batches of training and of validation, no grid of sample images to draw.
+# (2 xdist workers share 2 cores, and threads competing for a core wait on each other:
+# docs/speed.md, "Threads"), 2 batches of training and of validation, no grid of sample images to draw.
 SMALL = (
     *FAST,
     "model=mobilenetv3_small",
@@ -97,8 +101,8 @@ BENCH_SMALL = (
 
 @dataclass(frozen=True)
 class Rule:
-    pattern: str  # re.search in the README command: one line, comments dropped, placeholders as written
-    how: str  # python: in the warm interpreter | make: its recipe | shell | mark: README.md must mark it
+    pattern: str  # re.search in the page's command: one line, comments dropped, placeholders as written
+    how: str  # python: in the warm interpreter | make: its recipe | shell | mark: its page must mark it
     expect: str = "finished"  # the check below that says what the command must have done
     add: tuple[str, ...] = ()  # key=value settings: replace the command's value of the key, else appended
     # run: outputs/train/<run>; bundle: <run>/export/onnx; sweep: outputs/multirun/<timestamp>
@@ -108,7 +112,7 @@ class Rule:
 
 
 # The first rule whose pattern a command matches says how it runs. The `mark` rows run nothing:
-# they name commands README.md must mark (make lock and optuna-dashboard ahead of their lines).
+# they name commands a page must mark (make lock and optuna-dashboard ahead of their lines).
 # fmt: off
 RULES = (
     Rule(r"^make test\b", "mark", why="it is the test suite itself"),
@@ -133,7 +137,7 @@ RULES = (
     Rule(r"train\.py .*sweep=grid", "python", "swept", add=SMALL_ANY_MODEL, jobs=8,
          why="all 8 jobs of conf/sweep/grid.yaml, small (model is one of its knobs)"),
     Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=1"), jobs=1,
-         why="the search with one small trial (model and batch size fixed, a syntax the README shows)"),
+         why="the search with one small trial (model and batch size fixed, a syntax the docs show)"),
     Rule(r"train\.py .*-m\b", "python", "swept", add=SMALL, why="every job of the sweep, small"),
     Rule(r"train\.py", "python", "trained", add=SMALL, why="a real run, small"),
     Rule(r"eval\.py", "python", "evaluated", add=("num_workers=0",), setup=("run",), why="of the shared run"),
@@ -229,7 +233,7 @@ def evaluated(out: Outcome) -> None:
 
 def exported(out: Outcome) -> None:
     out.ok()
-    bundle = out.cwd / "outputs" / "train" / RUN / "export" / "onnx"  # where the README says it goes
+    bundle = out.cwd / "outputs" / "train" / RUN / "export" / "onnx"  # where docs/deploy.md says it goes
     files = {"model.onnx", "labels.json", "preprocessing.json", "model_card.md", "export.json"}
     if "quantize=int8" in out.words:
         files.add("model.int8.onnx")
@@ -269,19 +273,35 @@ CHECKS = {f.__name__: f for f in (finished, printed, trained, resumed, planned, 
                                    predicted, benched, reported, unchanged)}  # fmt: skip
 
 # ================================================================================================
-# Extraction: README.md -> commands and markers.
+# Extraction: README.md and docs/*.md -> commands and markers.
 # ================================================================================================
 
 README = ROOT / "README.md"
+
+
+def pages() -> list[Path]:
+    """The pages whose commands run: README.md, then docs/*.md by name."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
 SHELL_INFOS = {"", "bash", "sh", "shell", "console", "zsh"}
 MARKER = re.compile(r"<!--\s*not run by the suite:\s*(?:`([^`]+)`\s*:\s*)?(.*?)\s*-->", re.DOTALL)
 
 
 @dataclass(frozen=True)
 class Command:
-    line: int  # README line (1-based) where the command starts
+    line: int  # the page's line (1-based) where the command starts
     words: tuple[str, ...]  # as the shell splits it, comments dropped
     skip: str | None = None  # the Markdown's reason, when marked
+    page: str = "README.md"  # the file, relative to the repository root
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
     @property
     def text(self) -> str:
@@ -298,8 +318,10 @@ def normal(text: str) -> str:
     return " ".join(text.split())
 
 
-def block_commands(content: str, first_line: int, problems: list[str]) -> list[Command]:
-    """The commands of one code block whose first content line is README line `first_line`."""
+def block_commands(
+    content: str, first_line: int, problems: list[str], page: str = "README.md"
+) -> list[Command]:
+    """The commands of one code block whose first content line is line `first_line` of `page`."""
     commands, lines, i = [], content.splitlines(), 0
     while i < len(lines):
         start, text = i, lines[i]
@@ -310,15 +332,16 @@ def block_commands(content: str, first_line: int, problems: list[str]) -> list[C
         try:
             words = shlex.split(text, comments=True)
         except ValueError as exc:  # an unclosed quote
-            problems.append(f"README.md:{first_line + start}: {exc}: {text}")
+            problems.append(f"{page}:{first_line + start}: {exc}: {text}")
             continue
         if words:
-            commands.append(Command(first_line + start, tuple(words)))
+            commands.append(Command(first_line + start, tuple(words), page=page))
     return commands
 
 
-def parse_readme(markdown: str) -> Readme:
-    """The commands of every shell code block, with the reasons of the markers just above them."""
+def parse_readme(markdown: str, page: str = "README.md") -> Readme:
+    """The commands of every shell code block of `page` (README.md or a docs/*.md page, named as
+    its path from the repository root), with the reasons of the markers just above them."""
     out, pending = Readme(), []
     for token in MarkdownIt().parse(markdown):
         if token.type == "html_block" and MARKER.search(token.content):
@@ -326,22 +349,20 @@ def parse_readme(markdown: str) -> Readme:
             pending += [(line, normal(prefix), normal(why)) for prefix, why in MARKER.findall(token.content)]
             continue
         if token.type == "fence" and token.info.strip().split(" ")[0] in SHELL_INFOS:
-            commands = block_commands(token.content, token.map[0] + 2, out.problems)
+            commands = block_commands(token.content, token.map[0] + 2, out.problems, page)
             for line, prefix, why in pending:  # prefix "": the whole block
                 hits = [i for i, c in enumerate(commands) if c.text.startswith(prefix)]
                 if not hits:
-                    out.problems.append(
-                        f"README.md:{line}: the marker for `{prefix}` marks no command below it"
-                    )
+                    out.problems.append(f"{page}:{line}: the marker for `{prefix}` marks no command below it")
                 for i in hits:
-                    commands[i] = Command(commands[i].line, commands[i].words, why)
+                    commands[i] = Command(commands[i].line, commands[i].words, why, page)
             out.commands += commands
         else:  # any other block between a marker and its code block
             out.problems += [
-                f"README.md:{line}: a marker not just above a shell code block" for line, *_ in pending
+                f"{page}:{line}: a marker not just above a shell code block" for line, *_ in pending
             ]
         pending = []
-    out.problems += [f"README.md:{line}: a marker not just above a shell code block" for line, *_ in pending]
+    out.problems += [f"{page}:{line}: a marker not just above a shell code block" for line, *_ in pending]
     return out
 
 
@@ -424,7 +445,7 @@ def is_python(word: str) -> bool:
 
 
 class Runner:
-    """Runs README commands in one copy of the checkout, by the table."""
+    """Runs a page's commands in one copy of the checkout, by the table."""
 
     def __init__(self, request: pytest.FixtureRequest, checkout: Path) -> None:
         self.request, self.checkout = request, checkout
@@ -437,13 +458,13 @@ class Runner:
         rule = rule_for(command.text)
         if rule is None:
             pytest.fail(
-                f"README.md:{command.line}: `{command.text}` has no rule in tests/test_readme.py (RULES: how to "
+                f"{command.where}: `{command.text}` has no rule in tests/test_readme.py (RULES: how to "
                 f"run it small here) and no marker; add a rule, or mark it: {marker_for(command, 'REASON')}",
                 pytrace=False,
             )
         if rule.how == "mark":
             pytest.fail(
-                f"README.md:{command.line}: `{command.text}` cannot run here ({rule.why}); mark it just above "
+                f"{command.where}: `{command.text}` cannot run here ({rule.why}); mark it just above "
                 f"its code block: {marker_for(command, rule.why)}",
                 pytrace=False,
             )
@@ -540,11 +561,25 @@ def readme_sweep(readme_warm, readme_data, tmp_path_factory) -> Path:
     return sweep
 
 
+def all_commands() -> list[Command]:
+    """Every page's commands, README.md first; a command an earlier one already runs word for
+    word is skipped, naming where it runs (the same command runs once)."""
+    commands, runs = [], {}
+    for path in pages():
+        for c in parse_readme(path.read_text(), page_name(path)).commands:
+            if c.skip is None and c.words in runs:
+                c = Command(c.line, c.words, f"the same command as {runs[c.words]}, which runs it", c.page)
+            elif c.skip is None:
+                runs[c.words] = c.where
+            commands.append(c)
+    return commands
+
+
 def params() -> list:
     out = []
-    for c in parse_readme(README.read_text()).commands:
-        skip = [pytest.mark.skip(reason=f"README.md:{c.line} `{c.text}`: {c.skip}")] if c.skip else []
-        out.append(pytest.param(c, id=f"L{c.line}:{c.text[:60]}", marks=skip))
+    for c in all_commands():
+        skip = [pytest.mark.skip(reason=f"{c.where} `{c.text}`: {c.skip}")] if c.skip else []
+        out.append(pytest.param(c, id=f"{c.page}:L{c.line}:{c.text[:60]}", marks=skip))
     return out
 
 
@@ -580,7 +615,14 @@ def test_small_settings_replace_the_value_of_a_key_the_command_sets():
 
 
 def test_every_marker_marks_a_command():
-    assert parse_readme(README.read_text()).problems == []
+    problems = [p for path in pages() for p in parse_readme(path.read_text(), page_name(path)).problems]
+    assert problems == []
+
+
+def test_every_page_is_read_and_a_command_on_two_pages_runs_once():
+    assert {c.page for c in all_commands()} >= {"README.md", "docs/deploy.md", "docs/multi-gpu.md"}
+    run = [c.words for c in all_commands() if c.skip is None]
+    assert len(run) == len(set(run))
 
 
 def test_the_extraction_joins_lines_drops_comments_and_applies_markers():

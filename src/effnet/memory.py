@@ -30,8 +30,10 @@ Peak memory is not only tensors: the CUDA context and the allocator's fragmentat
 measures both, and the prediction, on a GPU.
 
     python -m effnet.memory                  measure every model of conf/model/ into memory.csv
+                                             (and write docs/recipes.md's tier tables from it)
     python -m effnet.memory --models b0,b4   only these (their rows are replaced)
-    python -m effnet.memory --tables         print the README's tier tables from memory.csv
+    python -m effnet.memory --tables         print docs/recipes.md's tier tables from memory.csv
+    python -m effnet.memory --write-tables   write them into docs/recipes.md, between its markers
     python -m effnet.memory --gpu-check      measure peak CUDA memory against the prediction
 
 Importing this module imports no torch: the plan reads memory.csv through it.
@@ -57,13 +59,14 @@ from effnet import recipes
 
 CSV_PATH = Path(__file__).with_name("memory.csv")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+TABLES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"  # "GPU memory tiers"
 PRECISIONS = ("fp32", "bf16")
 BATCHES = (
     2,
     4,
 )  # any two sizes separate the per-image part from the constant part; fake tensors cost nothing
 CLASSES = 10  # the head's size hardly matters: 1280 x 10 weights against B0's 4 million
-TABLE_START = "<!-- memory tables: python -m effnet.memory --tables -->"
+TABLE_START = "<!-- memory tables: python -m effnet.memory --write-tables -->"
 TABLE_END = "<!-- end of memory tables -->"
 
 
@@ -408,7 +411,7 @@ def budget(memory_gb: float, settings: Mapping[str, Any]) -> recipes.MemoryBudge
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's tables
+# The tier tables of docs/recipes.md
 
 
 TABLE_MODELS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0")
@@ -419,7 +422,7 @@ def _mb(n: float) -> str:
 
 
 def tables(rows: Mapping[Key, Row] | None = None, conf: Path = CONF_DIR) -> str:
-    """The Markdown of README's "GPU memory tiers" tables: the measured rows, then each tier's
+    """The Markdown of docs/recipes.md's "GPU memory tiers" tables: the measured rows, then each tier's
     micro-batch capacity at each model's configured image size in bf16."""
     rows = read() if rows is None else rows
     models = {n: c for n, c in model_configs(conf).items() if n in TABLE_MODELS}
@@ -465,11 +468,21 @@ def tables(rows: Mapping[Key, Row] | None = None, conf: Path = CONF_DIR) -> str:
     return "\n".join(out) + "\n"
 
 
-def readme_tables(readme: Path) -> str:
-    """The tables as the README has them now (between the markers)."""
-    text = readme.read_text()
+def page_tables(page: Path = TABLES_PAGE) -> str:
+    """The tables as the page has them now (between the markers)."""
+    text = page.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     return text[start:end].strip("\n") + "\n"
+
+
+def write_tables(page: Path = TABLES_PAGE, rows: Mapping[Key, Row] | None = None) -> bool:
+    """Put `tables()` between the page's markers; True when that changed the page."""
+    text = page.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    new = text[:start] + "\n" + tables(rows) + text[end:]
+    if new != text:
+        page.write_text(new)
+    return new != text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,7 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m effnet.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="conf/model/ names, comma-separated (default: all)")
     parser.add_argument("--out", type=Path, default=CSV_PATH, help="the CSV to write (default: %(default)s)")
-    parser.add_argument("--tables", action="store_true", help="print the README's tier tables and exit")
+    parser.add_argument("--tables", action="store_true", help="print docs/recipes.md's tier tables and exit")
+    parser.add_argument(
+        "--write-tables", action="store_true", help="write the tier tables into docs/recipes.md and exit"
+    )
     parser.add_argument(
         "--gpu-check", action="store_true", help="measure peak CUDA memory against the prediction"
     )
@@ -625,6 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tables:
         sys.stdout.write(tables())
+        return 0
+    if args.write_tables:
+        changed = write_tables()
+        print(
+            f"{TABLES_PAGE}: tier tables {'rewritten' if changed else 'already up to date'}", file=sys.stderr
+        )
         return 0
     if args.gpu_check:
         models = args.models.split(",") if args.models else ("b0", "lite0", "b4")
@@ -651,6 +673,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m effnet.memory" + (f" --models {args.models}" if args.models else "")
     write(ordered, args.out, provenance(command))
     print(f"wrote {len(ordered)} rows to {args.out}", file=sys.stderr)
+    if args.out == CSV_PATH and TABLES_PAGE.is_file():  # the tables read this CSV
+        write_tables()
+        print(f"wrote the tier tables into {TABLES_PAGE}", file=sys.stderr)
     return 0
 
 
