@@ -15,16 +15,16 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from omegaconf import DictConfig, OmegaConf
 
 from effnet.bench.machine import MemoryWatch
 from effnet.progress import ticks, track
 
 if TYPE_CHECKING:
     from effnet.data.folders import Split
+    from effnet.data.scan import DataReport
     from effnet.plan import RunPlan
 
 
@@ -217,45 +217,41 @@ def timm_loader(plan: RunPlan, split: Split, epochs: int) -> dict:
     return _loader_result(rates, plan.loading.workers)
 
 
-def pinned_config(cfg: DictConfig, plan: RunPlan, epochs: int, threads: int | None) -> DictConfig:
-    """The config of a run that trains exactly as the plan says, on one device, whatever the
-    bench subset's size would make data_size=auto or data.cache=auto choose."""
-    pinned = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    recipe = plan.recipe
-    values = {
-        "epochs": epochs,
-        "batch_size": recipe.batch_size // plan.world_size,
-        "lr": recipe.lr,
-        "dropout": recipe.dropout,
-        "aug": recipe.aug,
-        "ckpt_path": None,
-        "data.num_workers": plan.loading.workers,
-        "data.threads": threads or plan.loading.threads,
-        "data.cache": plan.loading.cache,
-        "model.pretrained": False,  # random weights train at the same speed, and need no network
-        "model.weights": None,
-        "trainer.devices": 1,
-        "trainer.num_nodes": 1,
-        "trainer.strategy": "auto",
-        "trainer.precision": plan.precision,
-        "dashboards.samples": 0,
-        "logger": {"csv": {"_target_": "effnet.training.loggers.CSVLogger"}},  # metrics.csv is read back
-    }
-    for key, value in values.items():
-        OmegaConf.update(pinned, key, value, force_add=True)
-    pinned.pop("hydra", None)
-    return pinned
+def pinned_plan(plan: RunPlan, split: Split, epochs: int, threads: int | None) -> RunPlan:
+    """The plan of a run that trains exactly as `plan` says, on one device, on the bench's subset
+    `split`: derived from the resolved plan rather than resolved again, since the subset's size
+    would make data_size=auto or data.cache=auto choose otherwise."""
+    recipe = replace(plan.recipe, epochs=epochs, batch_size=plan.recipe.batch_size // plan.world_size)
+    return replace(
+        plan,
+        data=replace(plan.data, train=len(split.train), val=len(split.val), test=0),
+        recipe=recipe,
+        optimisation=replace(plan.optimisation, epochs=epochs),
+        runtime=replace(plan.runtime, sync_batchnorm=False),
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        loading=replace(plan.loading, threads=threads or plan.loading.threads),
+        init=None,  # random weights train at the same speed, and need no network
+        weights="random",
+        pretrained=False,
+        resumed=None,
+        records=replace(
+            plan.records,
+            samples=0,
+            loggers={"csv": {"_target_": "effnet.training.loggers.CSVLogger"}},  # metrics.csv is read back
+        ),
+    )
 
 
 def train_subset(
-    cfg: DictConfig, plan: RunPlan, split: Split, run_dir: Path, epochs: int, threads: int | None
+    plan: RunPlan, split: Split, report: DataReport, run_dir: Path, epochs: int, threads: int | None
 ) -> dict:
-    """effnet.training.run.run, what train.py runs, on the bench's subset as the plan says; its summary.
-    The only place the plan becomes a run, so that a run() taking the plan itself changes this
-    function and pinned_config alone."""
+    """effnet.training.run.run, what train.py runs, on the bench's subset as the plan says; its summary."""
+    from effnet.start import Start
     from effnet.training.run import run
 
-    return run(pinned_config(cfg, plan, epochs, threads), run_dir, split)
+    return run(Start(pinned_plan(plan, split, epochs, threads), split, report, Path(run_dir).absolute()))
 
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
@@ -271,12 +267,18 @@ def _epoch_rows(run_dir: Path) -> list[dict]:
 
 
 def end_to_end(
-    cfg: DictConfig, plan: RunPlan, split: Split, run_dir: Path, epochs: int, threads: int | None, cuda: bool
+    plan: RunPlan,
+    split: Split,
+    report: DataReport,
+    run_dir: Path,
+    epochs: int,
+    threads: int | None,
+    cuda: bool,
 ) -> dict:
     """Real training epochs through effnet.training.run.run (what train.py runs) on the bench's
     images."""
     with MemoryWatch(cuda) as memory:
-        summary = train_subset(cfg, plan, split, run_dir, epochs, threads)
+        summary = train_subset(plan, split, report, run_dir, epochs, threads)
     rows = _epoch_rows(run_dir)
     rates = [round(r["images_per_sec"], 2) for r in rows]
     waits = [round(r["data_wait"], 4) for r in rows]

@@ -62,7 +62,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     quiet_libraries()
     started, load_start = time.perf_counter(), load_average()
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan, split, _ = run_plan.resolve(cfg)  # the plan train.py would make, on the whole folder
+    plan, split, scanned = run_plan.resolve(cfg)  # the plan train.py would make, on the whole folder
     bench = cfg.bench
     subset = measure.bench_split(split, int(bench.images), int(bench.val_images), plan.seed)
     cuda = plan.accelerator == "cuda"
@@ -87,7 +87,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     result["loader"] = {**measure.effnet_loader(plan, subset, epochs, cuda), "load_avg": load_average()}
     if "timm" in compared(cfg):
         result["timm_loader"] = {**measure.timm_loader(plan, subset, epochs), "load_avg": load_average()}
-    result["end_to_end"] = measure.end_to_end(cfg, plan, subset, out_dir / "train", epochs, None, cuda)
+    result["end_to_end"] = measure.end_to_end(plan, subset, scanned, out_dir / "train", epochs, None, cuda)
     result["end_to_end"]["load_avg"] = load_average()
     if "plain" in compared(cfg):  # right after effnet's run: the machine's load changes over minutes
         result["plain_loop"] = {**measure.plain_loop(plan, subset, epochs), "load_avg": load_average()}
@@ -95,7 +95,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for t in bench.threads:
         run_dir = out_dir / f"train-threads-{t}"
         result["end_to_end_threads"][str(t)] = {
-            **measure.end_to_end(cfg, plan, subset, run_dir, epochs, int(t), cuda),
+            **measure.end_to_end(plan, subset, scanned, run_dir, epochs, int(t), cuda),
             "load_avg": load_average(),
         }
     result["ratios"] = report.ratios(result)
