@@ -97,7 +97,7 @@ print('cuda:', torch.cuda.is_available() and torch.cuda.get_device_name(0), 'bf1
 
 # 2. The gpu tests (they skip without CUDA: the dry run checks they are collected and skip cleanly).
 step "gpu tests" 200 "$py" -m pytest -p no:cacheprovider -o addopts="" -m gpu -ra -v --timeout 180 \
-    tests/test_memory.py tests/test_plan.py tests/training/test_run.py tests/deploy/test_export.py
+    tests/test_memory.py tests/test_plan.py tests/training/test_train.py tests/deploy/test_export.py
 
 # 3. The memory model against the allocator's peak.
 if ((dry)); then

@@ -105,9 +105,9 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_bundle(trained_run: Path, tmp_path_factory) -> Path:
-    """ONNX fp32 + int8 through export.run. The tests use the legacy exporter (several times
+    """ONNX fp32 + int8 through export.export. The tests use the legacy exporter (several times
     faster than dynamo on a CPU); what they check about the bundle is the same for both."""
-    from effnet.deploy.export import run as export_run
+    from effnet.deploy.export import export as export_run
 
     out = tmp_path_factory.mktemp("bundle") / "onnx"
     overrides = [

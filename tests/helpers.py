@@ -209,8 +209,8 @@ def tree(folder: Path) -> dict[str, tuple[int, int] | None]:
 
 def start_and_run(cfg, run_dir) -> dict:
     """What train.py does with a composed config: the start (effnet.start: check, walk, plan,
-    claim), then the run (effnet.training.run)."""
+    claim), then the run (effnet.training.train)."""
     from effnet.start import start
-    from effnet.training.run import run
+    from effnet.training.train import train
 
-    return run(start(cfg, run_dir))
+    return train(start(cfg, run_dir))

@@ -81,14 +81,14 @@ def test_the_tier_micro_batch_follows_the_precision_and_the_image_size():
 
 def test_dry_run_shows_the_predicted_peak_and_its_largest_term():
     p = build(["model=b4", "gpu=8gb", "batch_size=16"], device=H100)
-    row = dict(plan.rows(p))["memory"]
+    row = dict(plan.plan_rows(p))["memory"]
     peak = p.batches.peak_bytes / 1e9
     assert row.startswith(
         f"predicted peak {peak:.1f} GB of 8 GB (gpu=8gb; 7.2 GB usable) for micro-batch 16 (bf16)"
     )
     assert "; largest term: activations " in row and "; then CUDA context 0.50" in row
     assert 0 < peak <= 7.2
-    row = dict(plan.rows(build(["batch_size=16"])))["memory"]
+    row = dict(plan.plan_rows(build(["batch_size=16"])))["memory"]
     assert "of host memory (gpu=cpu: no ceiling) for micro-batch 16 (fp32)" in row
 
 
@@ -182,7 +182,7 @@ def test_summary_and_rows_come_from_the_plan():
         "heavy",
     )
     assert summary["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-    table = dict(plan.rows(p))
+    table = dict(plan.plan_rows(p))
     assert table["batch plan"].startswith("micro-batch 16 x accumulate 1 x 1 device(s) = 16")
     assert table["start it"] == "python train.py data.root=/x", "the real run's command, without dry_run"
     assert "mean (0.485, 0.456, 0.406)" in table["preprocessing"]
@@ -213,7 +213,7 @@ def test_the_plan_chooses_the_data_cache_from_the_store_and_free_memory():
     roomy = plan.Device(cuda=False, per_node=1, cores=2, memory_available=16 * 10**9)
     p = build([], data=photos, device=roomy)
     assert p.loading.cache == "ram" and p.loading.cache_bytes == 244 * 500 * 375 * 3
-    assert ("data cache", f"ram ({p.loading.cache_reason})") in plan.rows(p)
+    assert ("data cache", f"ram ({p.loading.cache_reason})") in plan.plan_rows(p)
     assert p.summary()["cache"] == "ram"
     tight = plan.Device(cuda=False, per_node=1, cores=2, memory_available=60 * 10**6)
     assert build([], data=photos, device=tight).loading.cache == "none"
@@ -265,7 +265,7 @@ def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplo
     shrunk: both are plan rows (dry run) and warnings in the run's log."""
     import logging
 
-    from effnet.training.run import prepare_run_dir
+    from effnet.training.train import prepare_run_dir
 
     monkeypatch.chdir(tmp_path)
     root = make_images(tmp_path / "data", {"ant": 6, "bee": 6, "moth": 1})
@@ -279,7 +279,7 @@ def test_the_plan_and_the_log_say_what_was_adjusted(tmp_path, monkeypatch, caplo
         "and its accuracy is not measured; add images to it",
         "batch_size=64 is larger than the 11 training images: shrunk to 11 (one optimizer step per epoch)",
     ]
-    assert set(adjusted) <= {value for key, value in plan.rows(resolved) if key == "warning"}
+    assert set(adjusted) <= {value for key, value in plan.plan_rows(resolved) if key == "warning"}
     (tmp_path / "run").mkdir()
     with caplog.at_level(logging.WARNING, logger="effnet"):
         prepare_run_dir(tmp_path / "run", resolved, split, report)
@@ -308,7 +308,7 @@ def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
     micro = resolved.batches.micro_batch
     cost = memory.costs("efficientnet_b0", "32-true")[False]  # memory.csv's measured B0
     assert resolved.step_memory == recipes.cpu_step_bytes(cost, 224, micro)
-    assert dict(plan.rows(resolved))["memory"].startswith(
+    assert dict(plan.plan_rows(resolved))["memory"].startswith(
         f"~{resolved.step_memory / 1e9:.1f} GB of RAM per training step for micro-batch {micro} at 224 px "
         f"(the process with its tensors; {resolved.ram_available / 1e9:.1f} GB available, a run plans on 85%)"
     )

@@ -154,7 +154,7 @@ PRELOAD = (
     "torch",
     "lightning",
     "timm",
-    "effnet.training.run",
+    "effnet.training.train",
     "matplotlib.pyplot",
     "effnet.deploy.export",
     "optuna",

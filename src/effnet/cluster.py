@@ -73,7 +73,7 @@ def job_label(environ: Mapping[str, str] = os.environ) -> str:
 def resume_if_requeued(cfg: DictConfig, run_dir: Path | str) -> None:
     """SLURM started this job again (effnet requeued it on the time-limit warning) and its run
     folder holds its run: continue that run, as `ckpt_path=<run folder>` would, so the run
-    folder's checks for a resume apply (effnet.runfolder: the same run, the same data). Every rank
+    folder's checks for a resume apply (effnet.run_claim: the same run, the same data). Every rank
     decides alike: none writes a checkpoint before all have joined the process group."""
     if cfg.get("ckpt_path") is not None or not restarted():
         return

@@ -86,7 +86,7 @@ class NoSpace(UserError):
     """A write that failed for want of space; printed as one line, exit status 2.
 
     `kept` says what the failure left intact (the last good checkpoint, the previous bundle),
-    added by whoever knows it (effnet.training.run for a training run)."""
+    added by whoever knows it (effnet.training.train for a training run)."""
 
     def __init__(
         self, what: str, path: Path, code: int, needed: int | None = None, kept: str | None = None

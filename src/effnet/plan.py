@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import memory, recipes
+from effnet import cluster, memory, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 
@@ -555,15 +555,10 @@ def real_run_command(argv: Sequence[str] | None = None) -> str:
 # The impure part: gather the inputs
 
 
-def count_devices(devices, cuda: bool, cuda_count: int = 0) -> int:
-    """Processes per node, the way Lightning will count them."""
-    if isinstance(devices, str) and devices not in ("auto", "-1"):
-        return len([d for d in devices.split(",") if d.strip()])
-    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
-        return len(devices)
-    if devices in ("auto", -1, "-1"):
-        return cuda_count if cuda else 1
-    return int(devices)
+def processes_per_node(devices, cuda: bool, cuda_count: int = 0) -> int:
+    """trainer.devices as Lightning will count it: effnet.cluster.device_count, with auto (and
+    -1) resolved on this node."""
+    return cluster.device_count(devices) or (cuda_count if cuda else 1)
 
 
 def usable_cores() -> int:
@@ -609,7 +604,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
     if accelerator == "cpu":
         return Device(
             cuda=False,
-            per_node=count_devices(trainer_cfg.devices, False),
+            per_node=processes_per_node(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
             ram_available=ram_available(),
@@ -620,7 +615,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
     if not cuda:
         return Device(
             cuda=False,
-            per_node=count_devices(trainer_cfg.devices, False),
+            per_node=processes_per_node(trainer_cfg.devices, False),
             cores=cores,
             memory_available=memory,
             ram_available=ram_available(),
@@ -628,7 +623,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
     props = torch.cuda.get_device_properties(0)
     return Device(
         cuda=True,
-        per_node=count_devices(trainer_cfg.devices, True, torch.cuda.device_count()),
+        per_node=processes_per_node(trainer_cfg.devices, True, torch.cuda.device_count()),
         memory_bytes=int(props.total_memory),
         bf16=bool(torch.cuda.is_bf16_supported()),
         name=str(props.name),
@@ -842,7 +837,7 @@ def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.R
 # What a person reads: dry_run=true
 
 
-def rows(plan: RunPlan) -> list[tuple[str, str]]:
+def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
     """The plan as (topic, value) rows, in the order a person checks them."""
     d, r, b, p = plan.data, plan.recipe, plan.batches, plan.preprocessing
     split = f"{d.train:,} train / {d.val:,} val" + (f" / {d.test:,} test" if d.test else "")
@@ -939,13 +934,13 @@ def print_plan(plan: RunPlan) -> None:
     title = "effnet run plan (dry run: nothing trained, nothing written)"
     if not sys.stdout.isatty():
         print(title)
-        for key, value in rows(plan):
+        for key, value in plan_rows(plan):
             print(f"  {key:<14} {value}")
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left")
-    for key, value in rows(plan):
+    for key, value in plan_rows(plan):
         table.add_row(key, value, style="yellow" if key == "warning" else None)
     Console().print(table)

@@ -1,5 +1,5 @@
 """The start of a training run, decided once and in this order: check the settings, walk and scan
-the data, resolve the plan, claim the run folder. Training (effnet.training.run) then reads the
+the data, resolve the plan, claim the run folder. Training (effnet.training.train) then reads the
 `Start` alone.
 
 train.py does this in Hydra's callback, before Hydra writes anything into the run folder, so a
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from effnet import cluster, plan, runfolder, runs
+from effnet import cluster, plan, run_claim, run_names
 from effnet.checkpoints.find import locate
 from effnet.cli.validate import validate
 from effnet.errors import held_warnings
@@ -48,26 +48,26 @@ def start(cfg: DictConfig, run_dir: Path | None = None) -> Start:
     ckpt_path names)."""
     validate(cfg)
     run_dir = Path(run_dir if run_dir is not None else cfg.hydra.run.dir).absolute()
-    rank_zero = runs.global_rank() == 0
+    rank_zero = run_names.global_rank() == 0
     if rank_zero:
-        runfolder.check_makeable(run_dir)  # one line now, not after the scan and the plan
+        run_claim.check_makeable(run_dir)  # one line now, not after the scan and the plan
     # the setup reads the user's files (checkpoint, images, weights): a torch or Pillow warning
     # about one must not precede the line that refuses it
     with held_warnings():
         cluster.resume_if_requeued(cfg, run_dir)  # a requeued SLURM job resumes the run its folder holds
         checkpoint = locate(str(cfg.ckpt_path), "resume", "ckpt_path") if cfg.ckpt_path else None
         surveyed = plan.survey(cfg)
-        moved = runfolder.check(cfg, run_dir, surveyed) if rank_zero else None
+        moved = run_claim.check(cfg, run_dir, surveyed) if rank_zero else None
         resumed, raw = resumed_from(checkpoint) if checkpoint else (None, None)
         run_plan, split, report = plan.resolve(cfg, run_dir, resumed=resumed, surveyed=surveyed, moved=moved)
         if rank_zero and raw is not None:
-            runfolder.check_checkpoint(run_plan, str(cfg.ckpt_path), checkpoint, raw)
-            done = runfolder.finished(run_dir, resumed.next_epoch, run_plan.recipe.epochs)
+            run_claim.check_checkpoint(run_plan, str(cfg.ckpt_path), checkpoint, raw)
+            done = run_claim.finished(run_dir, resumed.next_epoch, run_plan.recipe.epochs)
             if done:
                 print(f"effnet: {done}", file=sys.stderr, flush=True)
                 raise SystemExit(0)
         if rank_zero:  # the other ranks write into the folder their rank 0 holds
-            runfolder.take(run_dir, resume=checkpoint is not None, moved=moved, new_root=surveyed.root)
+            run_claim.take(run_dir, resume=checkpoint is not None, moved=moved, new_root=surveyed.root)
             report.save_cache()  # a start refused above writes nothing, not even the cache
     return Start(run_plan, split, report, run_dir)
 

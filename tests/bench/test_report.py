@@ -1,6 +1,6 @@
 """effnet.bench.report: the ratios, the bottleneck line and the table's rows, from a result alone."""
 
-from effnet.bench.report import bottleneck, ratios, rows
+from effnet.bench.report import bottleneck, ratios, table_rows
 
 MEMORY = {
     "main_rss_mb": 900.0,
@@ -12,7 +12,7 @@ MEMORY = {
 
 
 def result(data_wait: float, end_to_end: float) -> dict:
-    """What task.run has gathered when it asks for the ratios, the bottleneck and the table."""
+    """What task.bench has gathered when it asks for the ratios, the bottleneck and the table."""
     measured = {
         "ceiling": {"images_per_sec": 100.0, "step_s": 0.16},
         "loader": {
@@ -55,7 +55,7 @@ def test_the_bottleneck_names_the_loader_or_the_step():
 
 
 def test_the_table_has_a_row_per_measurement_and_no_comparison_not_asked_for():
-    names = [name for name, _, _ in rows(result(0.0, 95.0))]
+    names = [name for name, _, _ in table_rows(result(0.0, 95.0))]
     assert names == [
         "ceiling (training step alone)",
         "loader, epoch 1 (cold)",

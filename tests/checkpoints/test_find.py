@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from effnet import runs
+from effnet import run_names
 from effnet.checkpoints import find
 from effnet.errors import UserError
 
@@ -49,7 +49,7 @@ def test_last_is_the_newest_run_with_a_complete_checkpoint(tmp_path, monkeypatch
     with pytest.raises(UserError, match="truncated or not a checkpoint"):
         find.locate(str(newer), "resume", "ckpt_path")
     assert find.run_dir_of(older) == tmp_path / "outputs/train/a"
-    assert runs.run_dir_for(str(older)) == str(tmp_path / "outputs/train/a")
+    assert run_names.run_dir_for(str(older)) == str(tmp_path / "outputs/train/a")
     with pytest.raises(UserError, match=r"ckpt=.*nothing.ckpt: not found; pass a .ckpt file"):
         find.locate(str(tmp_path / "nothing.ckpt"), "model", "ckpt")
     with pytest.raises(UserError, match="no complete checkpoint in"):

@@ -87,7 +87,7 @@ def test_a_checkpoint_from_before_the_sections_still_predicts_and_exports(traine
     assert old_pred.classes == new_pred.classes and old_pred.prep == new_pred.prep
     assert (old_pred(images) == new_pred(images)).all()
 
-    from effnet.deploy.export import run as export_run
+    from effnet.deploy.export import export as export_run
 
     out = tmp_path / "bundle"
     cfg = compose_cfg(

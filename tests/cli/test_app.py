@@ -66,8 +66,8 @@ def test_help_lists_the_groups(tmp_path):
 def test_the_command_line_path_imports_no_torch():
     """--help, validation and the dry run's plan arithmetic must not wait on training imports."""
     code = (
-        "import sys; import effnet.cli.app, effnet.cli.validate, effnet.cli.tasks, effnet.plan, effnet.runs, "
-        "effnet.checkpoints.find, effnet.recipes, effnet.preprocessing, effnet.sweeps, effnet.report; "
+        "import sys; import effnet.cli.app, effnet.cli.validate, effnet.cli.tasks, effnet.plan, effnet.run_names, "
+        "effnet.checkpoints.find, effnet.recipes, effnet.preprocessing, effnet.sweep_jobs, effnet.report; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'lightning', 'torchvision'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

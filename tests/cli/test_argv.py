@@ -124,5 +124,5 @@ def test_a_config_group_chosen_twice_is_said_in_the_plan(tmp_path, monkeypatch):
     resolved, _, _ = plan.resolve(cfg)
     assert resolved.recipe.data_size == "large"
     assert "preset is given twice (preset=small, then preset=large): the last wins, preset=large" in [
-        value for key, value in plan.rows(resolved) if key == "warning"
+        value for key, value in plan.plan_rows(resolved) if key == "warning"
     ]

@@ -72,7 +72,7 @@ def test_predict_skips_an_image_over_the_limit_in_one_line(trained_run, bomb, tm
 
     inbox = make_images(tmp_path / "inbox", {"a": 2})
     (inbox / "huge.png").symlink_to(bomb)
-    predict.run(
+    predict.predict(
         compose_cfg(
             [f"ckpt={trained_run}", f"inputs={inbox}", "out=-", "num_workers=0"], config_name="predict"
         )

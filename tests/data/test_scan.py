@@ -234,7 +234,7 @@ def test_corrupt_data_stops_the_plan_and_a_dropped_class_is_in_it(tmp_path, monk
     resolved, split, _ = plan.resolve(cfg)
     assert split.classes == ["c", "d"]
     warnings = [
-        value for key, value in plan.rows(resolved) if key == "warning" and value.startswith("class ")
+        value for key, value in plan.plan_rows(resolved) if key == "warning" and value.startswith("class ")
     ]
     assert [w.split(",")[0] for w in warnings] == [
         "class a left out: none of its 13 image file(s) is usable",

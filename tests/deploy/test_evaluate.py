@@ -74,7 +74,7 @@ def test_eval_on_another_folder_maps_classes_by_name(trained_run, tmp_path):
     cfg = compose_cfg(
         config_name="eval", overrides=[f"ckpt={trained_run}", f"data.root={other}", "num_workers=0"]
     )
-    report = evaluate.run(cfg, out)
+    report = evaluate.evaluate(cfg, out)
     assert report["images"] == 5 and "every image" in report["data"]
     predictions = read_csv(out / "predictions.csv")
     truth = {r["path"].split("/")[-2]: r["true"] for r in predictions}
@@ -83,7 +83,7 @@ def test_eval_on_another_folder_maps_classes_by_name(trained_run, tmp_path):
 
     make_images(other, {"hornet": 1}, size=40)
     with pytest.raises(UserError, match="class\\(es\\) hornet are not known to the model"):
-        evaluate.run(cfg, out)
+        evaluate.evaluate(cfg, out)
 
 
 def test_eval_tta_scores_every_image(trained_run, tmp_path):
@@ -92,8 +92,8 @@ def test_eval_tta_scores_every_image(trained_run, tmp_path):
 
     predictor = load_predictor(str(trained_run))
     samples = load_split(trained_run).val
-    plain = evaluate.evaluate(predictor, samples, 8, 0)
-    flipped = evaluate.evaluate(predictor, samples, 8, 0, tta=True)
+    plain = evaluate.score_samples(predictor, samples, 8, 0)
+    flipped = evaluate.score_samples(predictor, samples, 8, 0, tta=True)
     assert flipped.report["images"] == plain.report["images"] == len(samples)
     probs = np.exp(flipped.logits)  # TTA returns log of the averaged probabilities
     assert probs.sum(1) == pytest.approx(np.ones(len(samples)), abs=1e-5)
@@ -105,7 +105,7 @@ def test_eval_errors(trained_run, tmp_path):
     with pytest.raises(UserError, match="ckpt=/nope: not found; pass a .ckpt file, a training run folder"):
         validate_command("eval", compose_cfg(config_name="eval", overrides=["ckpt=/nope"]))
     with pytest.raises(UserError, match="split=test: the run's split has no test images"):
-        evaluate.run(
+        evaluate.evaluate(
             compose_cfg(config_name="eval", overrides=[f"ckpt={trained_run}", "split=test", "num_workers=0"]),
             tmp_path,
         )

@@ -125,7 +125,7 @@ def test_export_rejects_bad_options(trained_run):
 
 def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_path):
     """tf_efficientnet_lite0 was pretrained with mean = std = 0.5: the whole path must use them."""
-    from effnet.deploy.evaluate import run as eval_run
+    from effnet.deploy.evaluate import evaluate as eval_run
     from tests.helpers import start_and_run as train_run
 
     data = make_images(tmp_path / "data", {"ant": 6, "bee": 6})
@@ -138,7 +138,7 @@ def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_
     result = eval_run(compose_cfg([f"ckpt={tmp_path / 'run'}", "num_workers=0"], "eval"), tmp_path / "eval")
     assert result["images"] == summary["num_val_images"]
     out = tmp_path / "bundle"
-    export.run(
+    export.export(
         compose_cfg(
             [
                 f"ckpt={tmp_path / 'run'}",
@@ -163,7 +163,7 @@ def test_a_lite0_run_trains_evaluates_and_exports_with_its_own_mean_and_std(tmp_
 
 @pytest.mark.gpu
 def test_a_run_trained_on_the_gpu_exports_and_verifies(tmp_path):
-    from effnet.deploy.export import run as export_run
+    from effnet.deploy.export import export as export_run
     from tests.helpers import start_and_run
 
     data = make_images(tmp_path / "data", {"ant": 8, "bee": 8}, size=40)
@@ -250,10 +250,10 @@ def test_a_failed_export_keeps_the_previous_bundle_and_a_good_one_replaces_it_wh
     with pytest.raises(
         UserError, match=rf"verification failed: .* the previous bundle in {out} .* is kept as it was"
     ):
-        export.run(compose_cfg([*base, "verify.atol=1e-30"], config_name="export"))
+        export.export(compose_cfg([*base, "verify.atol=1e-30"], config_name="export"))
     assert _snapshot(out) == before and _staging_left(out) == []
 
-    export.run(compose_cfg([*base, "format=safetensors"], config_name="export"))
+    export.export(compose_cfg([*base, "format=safetensors"], config_name="export"))
     names = {p.name for p in out.iterdir()}  # rewritten whole: no stale ONNX files beside the new model
     assert "model.safetensors" in names and not names & {"model.onnx", "model.int8.onnx"}
     assert export_info(out)["format"] == "safetensors" and export_info(out)["out"] == str(out)
@@ -317,7 +317,7 @@ def test_an_export_that_does_not_fit_keeps_the_previous_bundle(trained_run, onnx
         "num_workers=0",
     ]
     with pytest.raises(NoSpace) as raised:
-        export.run(compose_cfg(cfg, config_name="export"))
+        export.export(compose_cfg(cfg, config_name="export"))
     assert str(raised.value).startswith(
         f"could not write the export bundle {out}: no space left on device ({disk} has "
     )

@@ -63,14 +63,14 @@ def test_predict_with_the_onnx_bundle_agrees_with_the_checkpoint(trained_run, on
 
 def test_predict_json_and_stdout(trained_run, inbox, tmp_path, capsys):
     base = [f"ckpt={trained_run}", f"inputs={inbox}/a/*.png", "num_workers=0", "topk=5"]
-    predict.run(compose_cfg(config_name="predict", overrides=[*base, f"out={tmp_path / 'p.json'}"]))
+    predict.predict(compose_cfg(config_name="predict", overrides=[*base, f"out={tmp_path / 'p.json'}"]))
     results = json.loads((tmp_path / "p.json").read_text())
     assert [r["path"].rsplit("/", 1)[-1] for r in results] == ["000.png", "001.png", "002.png"]
     assert all(len(r["predictions"]) == 3 for r in results)  # topk is capped at the number of classes
     assert all(sum(p["probability"] for p in r["predictions"]) == pytest.approx(1) for r in results)
 
     capsys.readouterr()
-    predict.run(compose_cfg(config_name="predict", overrides=[*base, "out=-"]))
+    predict.predict(compose_cfg(config_name="predict", overrides=[*base, "out=-"]))
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["label1"] for r in rows] == [r["predictions"][0]["label"] for r in results]
 
@@ -80,7 +80,7 @@ def test_predict_fails_only_when_nothing_is_readable(trained_run, inbox, tmp_pat
     junk.mkdir()
     shutil.copy(inbox / "notes.txt", junk)
     with pytest.raises(UserError, match="none of the 1 files could be read"):
-        predict.run(
+        predict.predict(
             compose_cfg(
                 config_name="predict",
                 overrides=[f"ckpt={trained_run}", f"inputs={junk}", f"out={tmp_path / 'x.csv'}"],

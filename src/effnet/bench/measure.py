@@ -2,7 +2,7 @@
 
 - ceiling: the training step alone, through Lightning, on random uint8 batches already on the device;
 - loader: effnet's training loader alone, as a run builds it, and timm's create_loader beside it;
-- end to end: real training epochs through effnet.training.run.run, the code train.py runs
+- end to end: real training epochs through effnet.training.train.train, the code train.py runs
   (train_subset is the one place the plan becomes that run);
 - the plain loop: effnet.bench.plain_loop, a timm + torch loop with no framework.
 
@@ -150,7 +150,7 @@ def _loader_result(rates: list[float], workers: int, **extra) -> dict:
 
 def effnet_loader(plan: RunPlan, split: Split, epochs: int, cuda: bool) -> dict:
     """The training loader alone, as a run builds it."""
-    from effnet.training.run import data_module
+    from effnet.training.train import data_module
 
     datamodule = data_module(plan, split)
     with MemoryWatch(cuda) as memory:
@@ -247,11 +247,11 @@ def pinned_plan(plan: RunPlan, split: Split, epochs: int, threads: int | None) -
 def train_subset(
     plan: RunPlan, split: Split, report: DataReport, run_dir: Path, epochs: int, threads: int | None
 ) -> dict:
-    """effnet.training.run.run, what train.py runs, on the bench's subset as the plan says; its summary."""
+    """effnet.training.train.train, what train.py runs, on the bench's subset as the plan says; its summary."""
     from effnet.start import Start
-    from effnet.training.run import run
+    from effnet.training.train import train
 
-    return run(Start(pinned_plan(plan, split, epochs, threads), split, report, Path(run_dir).absolute()))
+    return train(Start(pinned_plan(plan, split, epochs, threads), split, report, Path(run_dir).absolute()))
 
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
@@ -275,7 +275,7 @@ def end_to_end(
     threads: int | None,
     cuda: bool,
 ) -> dict:
-    """Real training epochs through effnet.training.run.run (what train.py runs) on the bench's
+    """Real training epochs through effnet.training.train.train (what train.py runs) on the bench's
     images."""
     with MemoryWatch(cuda) as memory:
         summary = train_subset(plan, split, report, run_dir, epochs, threads)

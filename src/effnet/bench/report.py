@@ -61,7 +61,7 @@ def bottleneck(result: dict) -> str:
     )
 
 
-def rows(result: dict) -> list[tuple[str, str, str]]:
+def table_rows(result: dict) -> list[tuple[str, str, str]]:
     """(measurement, images/s, detail) for the table."""
 
     def rate(v: float | None) -> str:
@@ -173,7 +173,7 @@ def print_table(result: dict) -> None:
     threads = {
         f"end to end, {t} thread(s)": r.get("load_avg") for t, r in result["end_to_end_threads"].items()
     }
-    for name, rate, detail in rows(result):
+    for name, rate, detail in table_rows(result):
         load = next((v for k, v in threads.items() if name.startswith(k)), None)
         load = load if load is not None else loads.get(name.split()[0].rstrip(","))
         shown = load is not None and rate and "/" not in name

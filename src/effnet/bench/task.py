@@ -31,11 +31,14 @@ log = logging.getLogger("effnet")
 
 def bench_task(cfg: DictConfig) -> None:
     """The Hydra task behind bench.py: one line and exit 2 for a bad value, as train.py."""
+    from effnet.cli.app import VALIDATED
     from effnet.cli.validate import validate_command
 
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate_command("bench", cfg)  # again: the Hydra callback is skipped by compose() users
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if out_dir.absolute() not in VALIDATED:  # compose() users: no Hydra callback checked it
+            validate_command("bench", cfg)
+        bench(cfg, out_dir)
     except Exception as exc:
         message = one_line(exc)
         if message is None:
@@ -50,14 +53,14 @@ def compared(cfg: DictConfig) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def bench(cfg: DictConfig, out_dir: Path) -> dict:
     """Measure, print the table, write bench.json; returns what bench.json holds."""
     import timm
     import torch
 
     from effnet import plan as run_plan
     from effnet.files import write_json
-    from effnet.training.run import quiet_libraries
+    from effnet.training.train import quiet_libraries
 
     quiet_libraries()
     started, load_start = time.perf_counter(), load_average()

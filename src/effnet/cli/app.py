@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, runfolder, runs, sweeper, sweeps
+from effnet import cluster, run_claim, run_names, sweep_jobs, sweeper
 from effnet.cli import argv
 from effnet.cli.schema import check_surface, options_resolver
 from effnet.cli.validate import validate, validate_command, validate_launcher
@@ -55,7 +55,7 @@ class ValidateBeforeRun(Callback):
                 validate_command(self.command, config)
                 run_dir = Path(config.hydra.run.dir).absolute()  # after: it may locate ckpt's run
                 VALIDATED.add(run_dir)
-                runfolder.make(run_dir)
+                run_claim.make(run_dir)
                 return
             from effnet import start  # the plan: timm's preprocessing, the data scan
 
@@ -106,9 +106,9 @@ def dry_run(plan) -> NoReturn:
 
 def register_resolvers() -> None:
     for name, fn in (
-        ("effnet_run_dir", runs.run_dir_for),
-        ("effnet_log_file", runs.log_file),
-        ("effnet_rank_zero", runs.rank_zero_only),
+        ("effnet_run_dir", run_names.run_dir_for),
+        ("effnet_log_file", run_names.log_file),
+        ("effnet_rank_zero", run_names.rank_zero_only),
         ("effnet_slurm_gpus", cluster.gpus_per_node),
         ("effnet_slurm_cpus", cluster.cpus_per_task),
         ("effnet_options", options_resolver),  # --help's list of keys (conf/hydra/help/*.yaml)
@@ -127,10 +127,10 @@ def job_failed(cfg: DictConfig, hydra_cfg: DictConfig, exc: Exception) -> NoRetu
     message = one_line(exc)
     bug = message is None
     message = message or f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    job = f"job {hydra_cfg.job.num} ({sweep_jobs.job_name(hydra_cfg)})"
     out = Path(hydra_cfg.runtime.output_dir)
     log.error("%s failed: %s", job, message, exc_info=bug)
-    if runs.global_rank() == 0:
+    if run_names.global_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "error.txt").write_text(message + "\n")
     if cfg.sweep.fail_fast:
@@ -144,10 +144,10 @@ def job_pruned(hydra_cfg: DictConfig, why: str) -> NoReturn:
     sweeper records as a pruned trial and goes on."""
     import optuna
 
-    job = f"job {hydra_cfg.job.num} ({sweeps.job_name(hydra_cfg)})"
+    job = f"job {hydra_cfg.job.num} ({sweep_jobs.job_name(hydra_cfg)})"
     out = Path(hydra_cfg.runtime.output_dir)
     log.info("%s pruned %s", job, why)
-    if runs.global_rank() == 0:
+    if run_names.global_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "pruned.txt").write_text(f"pruned {why}\n")
     raise optuna.TrialPruned(f"{job} pruned {why}")
@@ -165,9 +165,9 @@ def train_task(cfg: DictConfig) -> float | None:
 
             check_surface(cfg, "train", hydra_cfg)  # its own options, against all swept ones
             begun = start.start(cfg, run_dir)
-        from effnet.training.run import run  # the heavy imports start here
+        from effnet.training.train import train  # the heavy imports start here
 
-        summary = run(begun, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
+        summary = train(begun, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
         best = summary["best_val_acc"]
         if best is None and multirun:
             raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
@@ -175,7 +175,7 @@ def train_task(cfg: DictConfig) -> float | None:
         if multirun:
             job_failed(cfg, hydra_cfg, exc)
         if isinstance(exc, UserError):
-            runfolder.discard(run_dir)  # a fresh run that stopped before its first checkpoint leaves none
+            run_claim.discard(run_dir)  # a fresh run that stopped before its first checkpoint leaves none
         if isinstance(exc, RankFailed):
             exit_with(str(exc), status=1)  # another rank's error: not a user mistake
         exit_for(exc)  # one line, not Hydra's "Error executing job" preamble
@@ -191,7 +191,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     # A log line that cannot be written (train.log on a full disk) is lost, not a "--- Logging
     # error ---" traceback on stderr before the one line that says the disk is full.
     logging.raiseExceptions = False
-    os.environ.setdefault(runs.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
+    os.environ.setdefault(run_names.SCRIPT_ENV, sys.argv[0])  # inherited by the jobs a launcher submits
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:

@@ -82,7 +82,7 @@ TRAINER_ARGS = (
     "enable_autolog_hparams",
     "model_registry",
 )
-# Trainer arguments effnet passes itself (effnet.training.run): one given as trainer.<name> would be
+# Trainer arguments effnet passes itself (effnet.training.train): one given as trainer.<name> would be
 # replaced, or passed twice.
 EFFNET_TRAINER = {
     "max_epochs": "from epochs; set epochs=N",

@@ -12,14 +12,14 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from effnet import runfolder
+from effnet import run_claim
 from effnet.cli.app import VALIDATED
 from effnet.cli.validate import validate_command
 from effnet.deploy.paths import deployable_file
 from effnet.errors import UserError, exit_for, held_warnings
 
 
-def _run(command: str, cfg: DictConfig, work) -> dict:
+def _checked(command: str, cfg: DictConfig, work) -> dict:
     try:
         with held_warnings():  # torch's or Pillow's warnings never precede effnet's own line
             if Path(HydraConfig.get().runtime.output_dir).absolute() not in VALIDATED:
@@ -27,34 +27,34 @@ def _run(command: str, cfg: DictConfig, work) -> dict:
             return work()
     except Exception as exc:  # one line, not Hydra's "Error executing job" preamble
         if isinstance(exc, UserError):
-            runfolder.discard(Path(HydraConfig.get().runtime.output_dir))  # eval's folder, if new
+            run_claim.discard(Path(HydraConfig.get().runtime.output_dir))  # eval's folder, if new
         exit_for(exc)
 
 
 def eval_task(cfg: DictConfig) -> float:
     def work():
         deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
-        from effnet.deploy.evaluate import run
+        from effnet.deploy.evaluate import evaluate
 
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 
-    return _run("eval", cfg, work)["top1"]
+    return _checked("eval", cfg, work)["top1"]
 
 
 def predict_task(cfg: DictConfig) -> None:
     def work():
         deployable_file(str(cfg.ckpt))  # an unfinished export bundle: one line before torch loads
-        from effnet.deploy.predict import run
+        from effnet.deploy.predict import predict
 
-        return run(cfg)
+        return predict(cfg)
 
-    _run("predict", cfg, work)
+    _checked("predict", cfg, work)
 
 
 def export_task(cfg: DictConfig) -> None:
     def work():
-        from effnet.deploy.export import run
+        from effnet.deploy.export import export
 
-        return run(cfg, command=" ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]))
+        return export(cfg, command=" ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]))
 
-    _run("export", cfg, work)
+    _checked("export", cfg, work)

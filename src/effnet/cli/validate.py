@@ -239,7 +239,7 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_launcher(config: DictConfig) -> None:
     """Before a sweep submits anything: a SLURM launcher must ask for the job shape Lightning accepts."""
-    from effnet.sweeps import swept_keys
+    from effnet.sweep_jobs import swept_keys
 
     cluster.check_launcher(config, swept_keys(config.hydra))
 

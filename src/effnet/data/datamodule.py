@@ -1,5 +1,5 @@
 """The run's three image sets and their DataLoaders, as the plan says: what training (and the
-bench, through effnet.training.run.data_module) hands to Lightning.
+bench, through effnet.training.train.data_module) hands to Lightning.
 
 The top of effnet.data: it puts decode, transforms, dataset, sampler and cache together, and no
 other module of effnet.data imports it.

@@ -52,7 +52,7 @@ def score(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     return report
 
 
-def evaluate(
+def score_samples(
     predictor: Predictor, samples: list[Sample], batch_size: int, num_workers, tta: bool = False
 ) -> Scored:
     if not samples:
@@ -216,7 +216,7 @@ def print_report(result: dict) -> None:
     console.print(per)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """eval.py: score a checkpoint (or exported model) and write eval.json and pictures into out_dir."""
     from effnet.deploy.paths import model_file
     from effnet.deploy.predict import load_predictor
@@ -227,7 +227,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     samples, source = labelled_samples(
         cfg.data.root, cfg.split, predictor.classes, find_run_dir(model_path), cfg.data.val_fraction, cfg.seed
     )
-    scored = evaluate(predictor, samples, cfg.batch_size, cfg.num_workers, cfg.tta)
+    scored = score_samples(predictor, samples, cfg.batch_size, cfg.num_workers, cfg.tta)
     for path, why in scored.skipped.items():
         log.warning("skipped %s: %s", path, why)
     classes = predictor.classes

@@ -33,7 +33,7 @@ from effnet import diskspace, files
 from effnet.checkpoints import find, read
 from effnet.data import folders
 from effnet.deploy import bundle
-from effnet.deploy.evaluate import evaluate, find_run_dir, labelled_samples
+from effnet.deploy.evaluate import find_run_dir, labelled_samples, score_samples
 from effnet.deploy.paths import EXPORT_FILE
 from effnet.deploy.predict import CONFIG_FILE, Predictor, batches, load_file, load_predictor
 from effnet.errors import UserError
@@ -374,7 +374,7 @@ def what_is_kept(out: Path) -> str:
     return f"nothing was written to {out}"
 
 
-def run(cfg: DictConfig, command: str = "export.py") -> dict:
+def export(cfg: DictConfig, command: str = "export.py") -> dict:
     """export.py: build the bundle in a staging folder beside `out`, load every file back, verify
     and measure it, then swap it in whole. An export that fails or is stopped (SIGINT, SIGTERM)
     leaves `out` exactly as it was: a bundle is the files that were verified together or nothing."""
@@ -443,7 +443,7 @@ def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command
     classes = list(module.spec.classes)
     train, (val, source) = export_images(cfg, ckpt, classes)
     reference = load_predictor(str(ckpt))  # scored first: a model with nan outputs writes no bundle
-    eager = evaluate(reference, val, cfg.batch_size, cfg.num_workers)
+    eager = score_samples(reference, val, cfg.batch_size, cfg.num_workers)
 
     log.info("exporting %s to %s (%s)", ckpt, out, cfg.format)
     exported = [EXPORTERS[cfg.format](net, prep, staging, cfg, module)]
@@ -457,7 +457,7 @@ def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command
     predictors = {"pytorch": reference}
     for path in exported:
         predictor = load_file(path)
-        scored = evaluate(predictor, eager.samples, cfg.batch_size, cfg.num_workers)
+        scored = score_samples(predictor, eager.samples, cfg.batch_size, cfg.num_workers)
         agreement = compare(eager.logits, scored.logits)
         artefacts[predictor.name] = {
             "kind": predictor.name,

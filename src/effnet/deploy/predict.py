@@ -217,7 +217,9 @@ def top_k(logits: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple
     return [[(classes[j], float(p[j])) for j in row] for p, row in zip(probs, order, strict=True)]
 
 
-def rows(paths: Sequence[Path], logits: np.ndarray, skipped: dict[int, str], classes, k: int) -> list[dict]:
+def prediction_rows(
+    paths: Sequence[Path], logits: np.ndarray, skipped: dict[int, str], classes, k: int
+) -> list[dict]:
     ok = [i for i in range(len(paths)) if i not in skipped]
     ranked = dict(zip(ok, top_k(logits[ok], classes, k), strict=True)) if ok else {}
     return [
@@ -251,12 +253,12 @@ def write(results: list[dict], out: str, k: int) -> None:
         raise UserError(f"out={out}: cannot be written ({exc.strerror})") from exc
 
 
-def run(cfg) -> dict:
+def predict(cfg) -> dict:
     """predict.py: every readable input gets its top-k; unreadable ones are listed and skipped."""
     paths = expand_inputs(str(cfg.inputs))
     predictor = load_predictor(str(cfg.ckpt))
     logits, skipped = infer(predictor, paths, cfg.batch_size, cfg.num_workers, cfg.tta)
-    results = rows(paths, logits, skipped, predictor.classes, cfg.topk)
+    results = prediction_rows(paths, logits, skipped, predictor.classes, cfg.topk)
     if len(skipped) == len(paths):  # one line: the first reason stands for all
         first = min(skipped)
         raise UserError(

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet import cluster, runs
+from effnet import cluster, run_names
 
 log = logging.getLogger("effnet")
 
@@ -94,7 +94,7 @@ class Interrupts(Callback):
         while not self.stopping and not self._closed.is_set():
             started = self._batch_started
             if started is not None and time.monotonic() - max(signalled, started) > STOP_GRACE_S:
-                if runs.global_rank() == 0:
+                if run_names.global_rank() == 0:
                     print(f"effnet: {self.abandoned_line(received)}", file=sys.stderr, flush=True)
                 os._exit(128 + int(received))
             self._closed.wait(0.2)
@@ -191,7 +191,7 @@ def job_argv() -> list[str] | None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return [os.environ.get(runs.SCRIPT_ENV, sys.argv[0]), *HydraConfig.get().overrides.task]
+    return [os.environ.get(run_names.SCRIPT_ENV, sys.argv[0]), *HydraConfig.get().overrides.task]
 
 
 def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:

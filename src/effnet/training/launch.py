@@ -68,7 +68,7 @@ def child_command(
 
     Not the command line (under -m that is the sweep; under a launcher plugin it is not even
     train.py) but the job: its overrides, and its output folder as the run dir of a single run.
-    The child writes no .hydra/ (rank 0 has) and no log file (runs.log_file).
+    The child writes no .hydra/ (rank 0 has) and no log file (run_names.log_file).
     """
     cwd = str(hydra_cfg.runtime.cwd)
     if main_module:  # python -m package.module

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
-from effnet import sweeps
+from effnet import sweep_jobs
 from effnet.online import reachable
 
 log = logging.getLogger("effnet")
@@ -150,7 +150,7 @@ def run_identity(run_dir: Path) -> tuple[str, str | None]:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return run_dir.name, None
-    return sweeps.job_name(HydraConfig.get()), sweeps.sweep_group(HydraConfig.get())
+    return sweep_jobs.job_name(HydraConfig.get()), sweep_jobs.sweep_group(HydraConfig.get())
 
 
 def run_config(config: Mapping[str, Any], resolved: dict) -> dict:

@@ -3,12 +3,12 @@ import sys
 
 import pytest
 
-from effnet import runs
+from effnet import run_names
 from effnet.errors import UserError
 
 
 def test_run_dirs_started_together_do_not_collide():
-    code = "from effnet.runs import new_run_dir; print(new_run_dir(), new_run_dir())"
+    code = "from effnet.run_names import new_run_dir; print(new_run_dir(), new_run_dir())"
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)
     ]
@@ -22,9 +22,11 @@ def test_only_rank_zero_writes(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert runs.log_file("x/train.log") == "x/train.log" and runs.rank_zero_only(".hydra") == ".hydra"
+    assert (
+        run_names.log_file("x/train.log") == "x/train.log" and run_names.rank_zero_only(".hydra") == ".hydra"
+    )
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert runs.log_file("x/train.log") == "/dev/null" and runs.rank_zero_only(".hydra") is None
+    assert run_names.log_file("x/train.log") == "/dev/null" and run_names.rank_zero_only(".hydra") is None
 
 
 def test_ranks_of_external_launchers_name_the_folder_alike(monkeypatch):
@@ -36,7 +38,7 @@ def test_ranks_of_external_launchers_name_the_folder_alike(monkeypatch):
         "TORCHELASTIC_USE_AGENT_STORE",
     ):
         monkeypatch.delenv(var, raising=False)
-    fresh = runs.new_run_dir.__wrapped__
+    fresh = run_names.new_run_dir.__wrapped__
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     assert fresh().startswith("outputs/train/20"), "one SLURM task: a run of its own"
     monkeypatch.setenv("SLURM_NTASKS", "2")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from effnet import runfolder
+from effnet import run_claim
 from tests.helpers import FAST, TRAIN_PY, make_images, metric_rows, one_error_line, run_train, tree
 
 # Two training batches and one validation batch per epoch: a run of seconds.
@@ -52,8 +52,8 @@ def copy_run(run: Path, data: Path, to: Path) -> tuple[Path, Path]:
     state a run trained on that copy would leave (its checkpoints hold no paths)."""
     new_data, new_run = to / "data", to / "run"
     shutil.copytree(data, new_data)
-    shutil.copytree(run, new_run, ignore=shutil.ignore_patterns(runfolder.LOCK_FILE))
-    for name in ("split.json", runfolder.IDENTITY_FILE):
+    shutil.copytree(run, new_run, ignore=shutil.ignore_patterns(run_claim.LOCK_FILE))
+    for name in ("split.json", run_claim.IDENTITY_FILE):
         path = new_run / name
         path.write_text(path.read_text().replace(str(data), str(new_data)))
     return new_data, new_run
@@ -61,7 +61,7 @@ def copy_run(run: Path, data: Path, to: Path) -> tuple[Path, Path]:
 
 def test_a_run_folder_records_what_it_is_a_run_of(finished):
     data, run, _ = finished
-    assert json.loads((run / runfolder.IDENTITY_FILE).read_text()) == {
+    assert json.loads((run / run_claim.IDENTITY_FILE).read_text()) == {
         "data_root": str(data),
         "classes": ["ant", "bee", "wasp"],
         "model": "mobilenetv3_small_100",
@@ -108,7 +108,7 @@ def test_a_resume_that_is_another_run_is_refused_before_anything_is_written(
 def test_a_run_from_before_run_json_is_checked_from_its_split_and_plan(finished, tmp_path):
     data, run, args = finished
     copy_data, copy = copy_run(run, data, tmp_path)
-    (copy / runfolder.IDENTITY_FILE).unlink()
+    (copy / run_claim.IDENTITY_FILE).unlink()
     result = run_train(with_(args, f"data.root={copy_data}", "model=b0", f"ckpt_path={copy}"), cwd=tmp_path)
     assert result.returncode == 2
     assert (
@@ -151,7 +151,7 @@ def test_a_moved_data_folder_is_followed_and_a_stranger_is_not(finished, tmp_pat
     split = json.loads((copy / "split.json").read_text())
     paths = [p for key in ("train", "val") for p, _ in split[key]]
     assert split["root"] == str(new_data) and len(paths) == 18 and all(Path(p).is_file() for p in paths)
-    assert json.loads((copy / runfolder.IDENTITY_FILE).read_text())["data_root"] == str(new_data)
+    assert json.loads((copy / run_claim.IDENTITY_FILE).read_text())["data_root"] == str(new_data)
     assert [r["epoch"] for r in metric_rows(copy, "val/acc")] == ["0", "1"]
     assert "skipped" not in result.stdout + result.stderr, "no image went missing"
 

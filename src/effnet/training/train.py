@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
-from effnet import diskspace, runfolder, runs
+from effnet import diskspace, run_claim, run_names
 from effnet import plan as run_plan
 from effnet.checkpoints import find, resume, write
 from effnet.data import folders, pixels, scan
@@ -52,7 +52,7 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run(begun: Start, trial: TrialRef | None = None) -> dict:
+def train(begun: Start, trial: TrialRef | None = None) -> dict:
     """Train the run `begun` (effnet.start) sets up; returns the summary that is also written to
     run_dir/summary.json. A signal ends it with a checkpoint and the command that resumes it
     (effnet.training.interrupts). trial: the Optuna trial of a sweep job, to report each epoch to
@@ -61,7 +61,7 @@ def run(begun: Start, trial: TrialRef | None = None) -> dict:
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
     with stop.installed():
         try:
-            return train(begun.plan, begun.split, begun.report, run_dir, stop, trial)
+            return build_and_fit(begun.plan, begun.split, begun.report, run_dir, stop, trial)
         except Exception as exc:
             full = diskspace.NoSpace.of(exc)
             if full is None or full.kept is not None:
@@ -80,7 +80,7 @@ def prepare_run_dir(run_dir: Path, plan: run_plan.RunPlan, split: folders.Split,
         log.info("removed %s: a checkpoint write that was cut short (the previous file is intact)", stale)
     if plan.resumed is None or folders.load_split(run_dir) is None:  # a resume keeps the run's own
         folders.save_split(split, run_dir)
-    runfolder.record(run_dir, runfolder.identity_of(plan))
+    run_claim.record(run_dir, run_claim.identity_of(plan))
     write_json(run_dir / scan.REPORT_FILE, report.record())
     scan.log_report(report, plan.records.on_bad_image)
     for warning in plan.warnings:  # what the plan adjusted (a shrunk batch, a tier): the log says it too
@@ -123,7 +123,7 @@ def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
     resume.trim_metrics(run_dir / "metrics.csv", resumed.next_epoch)
 
 
-def train(
+def build_and_fit(
     plan: run_plan.RunPlan,
     split: folders.Split,
     report,
@@ -141,7 +141,7 @@ def train(
     records = plan.records
     with held_warnings():  # a torch warning about the user's weights must not precede its one line
         pixels.set_limit(records.max_image_pixels)  # the loaders' guard, at the scan's limit
-        if runs.global_rank() == 0:
+        if run_names.global_rank() == 0:
             prepare_run_dir(run_dir, plan, split, report)
         torch.set_num_threads(plan.loading.threads)
         module = ClassifierModule(**plan.module_args(), init=plan.init)
