@@ -6,6 +6,7 @@ builds the module, the loaders, the callbacks and the Trainer from it, and recor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -137,10 +138,8 @@ def build_and_fit(
     quiet_libraries()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(plan.seed, workers=True, verbose=False)
-    checkpoint = Path(plan.resumed.checkpoint) if plan.resumed else None
-    records = plan.records
     with held_warnings():  # a torch warning about the user's weights must not precede its one line
-        pixels.set_limit(records.max_image_pixels)  # the loaders' guard, at the scan's limit
+        pixels.set_limit(plan.records.max_image_pixels)  # the loaders' guard, at the scan's limit
         if run_names.global_rank() == 0:
             prepare_run_dir(run_dir, plan, split, report)
         torch.set_num_threads(plan.loading.threads)
@@ -150,75 +149,110 @@ def build_and_fit(
         "recipe: %s", ", ".join(f"{k}={v}" for k, v in setup.items() if k not in ("classes", "preprocessing"))
     )
     datamodule = data_module(plan, split)
-
-    ckpt_dir = run_dir / find.CHECKPOINTS
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor=records.monitor,
-        mode=records.monitor_mode,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-    )
-    # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
-    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
-    throughput, best_epoch = Throughput(), BestEpoch()
-    dashboards = Dashboards(run_dir, split.classes, best_epoch, samples=records.samples)
-    callbacks = [
-        StopOnDivergence(records.divergence_patience, ckpt_dir / find.LAST),  # first: before anything records
-        best,
-        latest,
-        throughput,
-        best_epoch,
-        progress_bar(),
-        LearningRateMonitor("step"),
-        resume.ResumeState(ckpt_dir / find.LAST, datamodule.train_sampler),
-        stop,
-        ranks.RecordFailure(run_dir),
-        dashboards,
-    ]
-    if plan.freeze_epochs:
-        callbacks.append(FreezeBackbone(plan.freeze_epochs))
-    pruning = ReportToTrial(trial) if trial is not None else None
-    if pruning is not None:
-        callbacks.append(pruning)
-    loggers = build_loggers(records.loggers, records.config, run_dir, setup)
+    watched = Watched.of(plan, split, run_dir, trial)
+    loggers = build_loggers(plan.records.loggers, plan.records.config, run_dir, setup)
     trainer = L.Trainer(
         **{
             **plan.trainer_args(),
             "strategy": launch.strategy(plan.strategy, plan.world_size, plan.ddp_timeout_s),
         },
         default_root_dir=str(run_dir),
-        callbacks=callbacks,
+        callbacks=watched.callbacks(plan, run_dir, datamodule, stop),
         logger=loggers or False,
         plugins=[write.AtomicCheckpointIO()],
     )
+    checkpoint = Path(plan.resumed.checkpoint) if plan.resumed else None
     if trainer.is_global_zero and plan.resumed is not None:
         note_resume(plan.resumed, plan.recipe.epochs, run_dir)
     # finishing: a failed or interrupted run's W&B run is closed too, or a sweep's next job would reuse it
     with finishing(loggers):
         fit(trainer, module, datamodule, checkpoint, run_dir, stop, plan.ddp_timeout_s)
-
-    epoch, best_acc = best_epoch.best
     summary = {
         **setup,
-        "best_val_acc": best_acc if best.best_model_score is None else float(best.best_model_score),
-        "best_epoch": None if epoch is None else epoch + 1,
-        **dashboards.summary,
-        "best_checkpoint": best.best_model_path,
-        "last_checkpoint": str(ckpt_dir / find.LAST),
-        "epochs_completed": trainer.current_epoch,
-        "train_images_per_sec": round(throughput.typical, 2),
-        "data_wait_fraction": throughput.typical_wait,
+        **watched.summary(trainer.current_epoch),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "resumed_from": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),
-        **({"pruned": pruning.pruned} if pruning is not None and pruning.pruned else {}),
     }
     if trainer.is_global_zero:
         write_json(run_dir / "summary.json", summary)
         print_summary(summary)
     return summary
+
+
+@dataclasses.dataclass
+class Watched:
+    """The callbacks whose findings the summary reports: the best checkpoint and epoch, the
+    throughput, the dashboards and a sweep trial's pruning."""
+
+    best: ModelCheckpoint
+    best_epoch: BestEpoch
+    throughput: Throughput
+    dashboards: Dashboards
+    pruning: ReportToTrial | None
+    ckpt_dir: Path
+
+    @classmethod
+    def of(
+        cls, plan: run_plan.RunPlan, split: folders.Split, run_dir: Path, trial: TrialRef | None
+    ) -> Watched:
+        ckpt_dir = run_dir / find.CHECKPOINTS
+        best_epoch = BestEpoch()
+        return cls(
+            best=ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="best",
+                monitor=plan.records.monitor,
+                mode=plan.records.monitor_mode,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            ),
+            best_epoch=best_epoch,
+            throughput=Throughput(),
+            dashboards=Dashboards(run_dir, split.classes, best_epoch, samples=plan.records.samples),
+            pruning=ReportToTrial(trial) if trial is not None else None,
+            ckpt_dir=ckpt_dir,
+        )
+
+    def callbacks(self, plan: run_plan.RunPlan, run_dir: Path, datamodule, stop) -> list:
+        """Every callback of the run, in the order they must run."""
+        last = self.ckpt_dir / find.LAST
+        callbacks = [
+            StopOnDivergence(plan.records.divergence_patience, last),  # first: before anything records
+            self.best,
+            # Lightning's save_last only writes when `best` improved; resume needs every epoch's state.
+            ModelCheckpoint(
+                dirpath=self.ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False
+            ),
+            self.throughput,
+            self.best_epoch,
+            progress_bar(),
+            LearningRateMonitor("step"),
+            resume.ResumeState(last, datamodule.train_sampler),
+            stop,
+            ranks.RecordFailure(run_dir),
+            self.dashboards,
+        ]
+        if plan.freeze_epochs:
+            callbacks.append(FreezeBackbone(plan.freeze_epochs))
+        return callbacks + ([self.pruning] if self.pruning is not None else [])
+
+    def summary(self, epochs_completed: int) -> dict:
+        """What the callbacks found: summary.json's second half."""
+        epoch, best_acc = self.best_epoch.best
+        score = self.best.best_model_score
+        pruned = self.pruning.pruned if self.pruning is not None else None
+        return {
+            "best_val_acc": best_acc if score is None else float(score),
+            "best_epoch": None if epoch is None else epoch + 1,
+            **self.dashboards.summary,
+            "best_checkpoint": self.best.best_model_path,
+            "last_checkpoint": str(self.ckpt_dir / find.LAST),
+            "epochs_completed": epochs_completed,
+            "train_images_per_sec": round(self.throughput.typical, 2),
+            "data_wait_fraction": self.throughput.typical_wait,
+            **({"pruned": pruned} if pruned else {}),
+        }
 
 
 def fit(
