@@ -133,7 +133,7 @@ class Records:
     monitor: str = "val/acc"  # the metric best.ckpt keeps
     monitor_mode: str = "max"
     samples: int = 16  # validation images in predictions.png
-    divergence_patience: int = 3
+    divergence_patience: int | None = 3  # None: never stop on a non-finite loss
     loggers: Mapping[str, Mapping[str, Any]] = field(
         default_factory=dict
     )  # name -> its `logger.<name>` block
@@ -507,7 +507,7 @@ def records(cfg: DictConfig) -> Records:
     config.pop("hydra", None)  # the callback's config carries Hydra's own node; the job's does not
     return Records(
         samples=int(cfg.dashboards.samples),
-        divergence_patience=int(cfg.divergence.patience),
+        divergence_patience=None if cfg.divergence.patience is None else int(cfg.divergence.patience),
         loggers=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {},
         on_bad_image=str(cfg.data.on_bad_image),
         max_image_pixels=int(cfg.data.max_image_pixels),
