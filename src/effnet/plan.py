@@ -724,22 +724,6 @@ def data_facts(split, report, size_sample: tuple = ()) -> DataFacts:
     )
 
 
-def check_trainer_keys(trainer_cfg: DictConfig) -> None:
-    """The `trainer:` keys go to lightning.Trainer as they are; one it does not take (added with
-    +trainer.x=...) is one line here, before the data scan, not a TypeError after it."""
-    import difflib
-    import inspect
-
-    from lightning import Trainer
-
-    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    for key in trainer_cfg:
-        if key not in known and key not in PLANNED_TRAINER_KEYS:  # ddp_timeout_s is effnet's own
-            close = difflib.get_close_matches(str(key), sorted(known), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
-            raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
-
-
 def hydra_context(cfg: DictConfig) -> tuple[list[str], str | None]:
     """(the command-line overrides, the preset chosen), when running under Hydra: from the
     config's own `hydra` node before the job starts (a dry run), from HydraConfig inside it."""
@@ -778,29 +762,27 @@ def resolve(
     data.root instead of drawing one (a fresh run only). surveyed: the folder's walk and scan,
     when the command has made them (effnet.start); moved: the old root of a resumed run's data
     folder that moved."""
-    from effnet.preprocessing import pretrained_config
-    from effnet.preprocessing import resolve as resolve_preprocessing
+    from effnet.data.scan import CACHE_DIR
+    from effnet.preprocessing import for_backbone
 
     # the data first: a folder that holds no classifier's data is one line before torch is imported
     surveyed = surveyed or survey(cfg)
     split = load_data(cfg, surveyed, run_dir if resumed else None, given=split, moved=moved)
     report = surveyed.report
-    check_trainer_keys(cfg.trainer)
-    backbone_cfg = pretrained_config(cfg.model.backbone)
     device = probe_device(cfg.trainer)
     image_size = int(cfg.image_size or cfg.model.image_size)
     overrides = OmegaConf.to_container(cfg.model.preprocessing, resolve=True)
     cli_overrides, preset = hydra_context(cfg)
     sizes = ()
     if cfg.data.cache in ("auto", "ram"):  # the store's size, for auto: from the scan, no file reopened
-        from effnet.data.cache import size_sample
+        from effnet.data.decode import size_sample
 
         sizes = size_sample([path for path, _ in split.train], seed=int(cfg.seed), known=report.sizes)
     plan = build(
         cfg,
         data_facts(split, report, sizes),
         device,
-        resolve_preprocessing(backbone_cfg, image_size, overrides),
+        for_backbone(cfg.model.backbone, image_size, overrides, CACHE_DIR),  # no timm import once cached
         resumed=resumed,
         cli_overrides=cli_overrides,
         preset=preset,

@@ -10,11 +10,15 @@ preprocessing.json all carry the result. Importing this module imports no torch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 
 from effnet.errors import UserError
+from effnet.files import write_json
 
 KEYS = ("mean", "std", "crop_pct", "interpolation")
 
@@ -98,3 +102,33 @@ def resolve(backbone_cfg: Mapping, image_size: int, overrides: Mapping) -> Prepr
         mean=tuple(float(v) for v in resolved["mean"]),
         std=tuple(float(v) for v in resolved["std"]),
     )
+
+
+def for_backbone(
+    backbone: str, image_size: int, overrides: Mapping, cache_dir: Path | None = None
+) -> Preprocessing:
+    """`resolve(pretrained_config(backbone), ...)`, remembered in `cache_dir` per backbone, size,
+    overrides and timm version: importing timm is most of a start's fixed cost, and a second
+    start (a dry run, then the run) needs none of it. A name timm does not know is never cached."""
+    from importlib.metadata import version
+
+    args = {k: overrides[k] for k in sorted(overrides)} if overrides else {}
+    key = json.dumps([backbone, int(image_size), args, version("timm")], default=str)
+    path = (
+        None
+        if cache_dir is None
+        else cache_dir / f"preprocessing-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    )
+    if path is not None:
+        try:
+            return Preprocessing.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not cached yet, or unreadable: ask timm
+    prep = resolve(pretrained_config(backbone), image_size, overrides)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, prep.as_dict())
+        except OSError:
+            pass  # a cache that cannot be written costs the next start the timm import, nothing else
+    return prep

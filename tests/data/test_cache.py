@@ -13,7 +13,7 @@ from PIL import Image
 
 from effnet.data import cache, folders
 from effnet.data.datamodule import ImageDataModule
-from effnet.data.decode import base_image
+from effnet.data.decode import base_image, size_sample
 from effnet.preprocessing import Preprocessing
 from tests.helpers import ROOT, compose_cfg, source_path
 
@@ -136,6 +136,6 @@ def test_size_sample_feeds_the_store_estimate(tmp_path):
 
     root = photos(tmp_path / "data")
     paths = sorted(str(p) for p in root.rglob("*.*"))
-    sizes = cache.size_sample(paths, k=len(paths))
+    sizes = size_sample(paths, k=len(paths))
     exact = sum(np.asarray(base_image(p, 40)).nbytes for p in paths)
     assert recipes.cache_bytes(sizes, len(paths), 40) == pytest.approx(exact, rel=0.02)

@@ -26,9 +26,8 @@ import logging
 import math
 import multiprocessing
 import os
-import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,7 +43,6 @@ from effnet.files import write_json
 log = logging.getLogger("effnet")
 
 CACHE_VERSION = 1
-SIZE_SAMPLE = 256  # image headers read to estimate the store's size for data.cache=auto
 
 
 def base_shape(path: str, side: int) -> tuple[int, int] | None:
@@ -62,26 +60,6 @@ def base_shape(path: str, side: int) -> tuple[int, int] | None:
         factor = short // side
         w, h = math.ceil(w / factor), math.ceil(h / factor)
     return h, w
-
-
-def size_sample(
-    paths: Sequence[str], k: int = SIZE_SAMPLE, seed: int = 0, known: Mapping[str, tuple] | None = None
-) -> tuple[tuple[int, int, bool], ...]:
-    """(width, height, is JPEG) of up to k images drawn with a fixed seed: what
-    effnet.recipes.cache_bytes needs to estimate the store for data.cache=auto. `known`: the
-    sizes the data scan read (effnet.data.scan), so that a start opens no file twice."""
-    chosen = random.Random(seed).sample(list(paths), min(k, len(paths)))
-    sizes = []
-    for path in chosen:
-        if known and path in known:
-            sizes.append(tuple(known[path]))
-            continue
-        try:
-            with Image.open(path) as img:
-                sizes.append((img.size[0], img.size[1], img.format == "JPEG"))
-        except DECODE_ERRORS:
-            continue
-    return tuple(sizes)
 
 
 def _shapes(paths: Sequence[str], side: int, workers: int) -> np.ndarray:

@@ -7,6 +7,9 @@ importing each other. Imports no torch.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -45,3 +48,26 @@ def to_8bit(img: Image.Image) -> Image.Image:
         return img
     pixels = np.asarray(img, dtype=np.float32) / 257
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+
+
+SIZE_SAMPLE = 256  # image headers read to estimate the store's size for data.cache=auto
+
+
+def size_sample(
+    paths: Sequence[str], k: int = SIZE_SAMPLE, seed: int = 0, known: Mapping[str, tuple] | None = None
+) -> tuple[tuple[int, int, bool], ...]:
+    """(width, height, is JPEG) of up to k images drawn with a fixed seed: what
+    effnet.recipes.cache_bytes needs to estimate the store for data.cache=auto. `known`: the
+    sizes the data scan read (effnet.data.scan), so that a start opens no file twice."""
+    chosen = random.Random(seed).sample(list(paths), min(k, len(paths)))
+    sizes = []
+    for path in chosen:
+        if known and path in known:
+            sizes.append(tuple(known[path]))
+            continue
+        try:
+            with Image.open(path) as img:
+                sizes.append((img.size[0], img.size[1], img.format == "JPEG"))
+        except DECODE_ERRORS:
+            continue
+    return tuple(sizes)

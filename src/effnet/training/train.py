@@ -7,10 +7,14 @@ builds the module, the loaders, the callbacks and the Trainer from it, and recor
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,7 +27,7 @@ from effnet.checkpoints import find, resume, write
 from effnet.data import folders, pixels, scan
 from effnet.data.balance import sample_weights
 from effnet.data.datamodule import ImageDataModule
-from effnet.errors import held_warnings
+from effnet.errors import UserError, held_warnings
 from effnet.files import write_json
 from effnet.start import Start
 from effnet.sweeper import TrialRef
@@ -124,6 +128,18 @@ def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
     resume.trim_metrics(run_dir / "metrics.csv", resumed.next_epoch)
 
 
+def check_trainer_keys(trainer_args: Mapping[str, Any]) -> None:
+    """The `trainer:` keys go to lightning.Trainer as they are. effnet.cli.schema let them through
+    by its own list of Trainer arguments (importing Lightning would cost every dry run seconds);
+    one the installed Lightning does not take is one line here, not a TypeError."""
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in trainer_args:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see lightning.Trainer's arguments"
+            raise UserError(f"trainer.{key}: not an argument of lightning.Trainer ({hint})")
+
+
 def build_and_fit(
     plan: run_plan.RunPlan,
     split: folders.Split,
@@ -136,6 +152,7 @@ def build_and_fit(
     summary.json. Reads the plan alone: every value was decided at the start."""
     started = time.perf_counter()
     quiet_libraries()
+    check_trainer_keys(plan.trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(plan.seed, workers=True, verbose=False)
     with held_warnings():  # a torch warning about the user's weights must not precede its one line
