@@ -86,6 +86,11 @@ def _same_folder(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def uses_saved_split(data_root: str | None, saved: folders.Split | None) -> bool:
+    """data.root unset, or the run's own data: the run's saved split answers, no folder is walked."""
+    return data_root is None or (saved is not None and _same_folder(data_root, saved.root))
+
+
 def labelled_samples(
     data_root: str | None,
     split_name: str,
@@ -93,15 +98,16 @@ def labelled_samples(
     run_dir: Path | None,
     val_fraction: float,
     seed: int,
+    found: folders.Split | None = None,
 ) -> tuple[list[Sample], str]:
     """The images to score and where they came from.
 
     data.root unset, or the run's own data: the run's saved split. Another folder: its own
     val/ or test/ folder, or every image when it is one folder of classes; labels are mapped to
-    the model's classes by name.
+    the model's classes by name. `found`: that folder's split, when the command has drawn it.
     """
     saved = folders.load_split(run_dir) if run_dir is not None else None
-    if data_root is None or (saved is not None and _same_folder(data_root, saved.root)):
+    if uses_saved_split(data_root, saved):
         if saved is None:
             raise UserError(
                 "no split.json next to the model (it is saved in the training run folder); "
@@ -114,7 +120,7 @@ def labelled_samples(
             raise UserError(f"split={split_name}: the run's split has no {split_name} images")
         return samples, f"{saved.root} ({split_name} split saved in {run_dir})"
 
-    found = folders.discover(data_root, val_fraction, seed)
+    found = found or folders.discover(data_root, val_fraction, seed)
     unknown = sorted(set(found.classes) - set(classes))
     if unknown:
         raise UserError(

@@ -33,7 +33,7 @@ from effnet import diskspace, files
 from effnet.checkpoints import find, read
 from effnet.data import folders
 from effnet.deploy import bundle
-from effnet.deploy.evaluate import find_run_dir, labelled_samples, score_samples
+from effnet.deploy.evaluate import find_run_dir, labelled_samples, score_samples, uses_saved_split
 from effnet.deploy.paths import EXPORT_FILE
 from effnet.deploy.predict import CONFIG_FILE, Predictor, batches, load_file, load_predictor
 from effnet.errors import UserError
@@ -292,12 +292,13 @@ def model_card(info: dict) -> str:
 def export_images(cfg: DictConfig, ckpt: Path, classes: list[str]) -> tuple[list[str], list]:
     """Training images for calibration and labelled val images for verification and accuracy."""
     run_dir = find_run_dir(ckpt) or find.run_dir_of(ckpt)
-    val, source = labelled_samples(cfg.data.root, "val", classes, run_dir, cfg.data.val_fraction, cfg.seed)
     saved = folders.load_split(run_dir)
-    if cfg.data.root is None and saved is not None:
-        train = [p for p, _ in saved.train]
-    else:
-        train = [p for p, _ in folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed).train]
+    own = uses_saved_split(cfg.data.root, saved)
+    found = None if own else folders.discover(cfg.data.root, cfg.data.val_fraction, cfg.seed)  # once
+    val, source = labelled_samples(
+        cfg.data.root, "val", classes, run_dir, cfg.data.val_fraction, cfg.seed, found=found
+    )
+    train = [p for p, _ in (saved.train if own else found.train)]
     if cfg.val_images:
         val = val[: cfg.val_images]
     return train, (val, source)
