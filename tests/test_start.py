@@ -32,7 +32,11 @@ for module, name in (
 ):
     counted(module, name)
 import effnet.start  # binds `validate` from the counted module
-atexit.register(lambda: print("CALLS " + json.dumps(calls), file=sys.stderr))
+def report():
+    heavy = [m for m in ("lightning", "timm", "torch") if m in sys.modules]
+    print("CALLS " + json.dumps({**calls, **({"imported": heavy} if heavy else {})}), file=sys.stderr)
+
+atexit.register(report)
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -61,15 +65,17 @@ def test_a_dry_run_a_run_and_its_resume_each_walk_scan_split_and_validate_once(w
     # data.cache=auto sizes its store from a sample of the images: from the scan, not a second open
     dry, calls = counted_train([*base, "dry_run=true", "data.cache=auto"], work)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert calls == {**once, "open": 16}  # cold: each of the 16 files opened once
+    assert calls == {**once, "open": 16, "imported": ["timm", "torch"]}  # cold: each file opened once
     assert not (work / "outputs" / "run").exists()  # a dry run claims no folder
 
     dry, calls = counted_train([*base, "dry_run=true", "data.cache=auto"], work)
-    assert calls == once  # warm: the scan cache answers, no file is opened
+    # warm: the scan cache answers, no file is opened, and the remembered preprocessing leaves
+    # timm, torch and Lightning unimported
+    assert calls == once
 
     trained, calls = counted_train(base, work)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert {k: v for k, v in calls.items() if k != "open"} == once  # training opens the images, of course
+    assert {k: v for k, v in calls.items() if k not in ("open", "imported")} == once  # training opens them
     # the dry run's scan served the run: every file came from the scan cache
     report = json.loads((work / "outputs" / "run" / "data_report.json").read_text())
     assert report["cached"] == report["files"] == 16
@@ -77,5 +83,5 @@ def test_a_dry_run_a_run_and_its_resume_each_walk_scan_split_and_validate_once(w
     resumed, calls = counted_train([*base, "epochs=2", "ckpt_path=outputs/run"], work)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the split is the run's own; the one discover finds the classes there now
-    assert {k: v for k, v in calls.items() if k != "open"} == once
+    assert {k: v for k, v in calls.items() if k not in ("open", "imported")} == once
     assert "resuming from" in (work / "outputs" / "run" / "train.log").read_text()

@@ -109,7 +109,8 @@ def for_backbone(
 ) -> Preprocessing:
     """`resolve(pretrained_config(backbone), ...)`, remembered in `cache_dir` per backbone, size,
     overrides and timm version: importing timm is most of a start's fixed cost, and a second
-    start (a dry run, then the run) needs none of it. A name timm does not know is never cached."""
+    start (a dry run, then the run) needs none of it. A name timm does not know is never cached;
+    a new entry is written by `save_cache`."""
     from importlib.metadata import version
 
     args = {k: overrides[k] for k in sorted(overrides)} if overrides else {}
@@ -126,9 +127,20 @@ def for_backbone(
             pass  # not cached yet, or unreadable: ask timm
     prep = resolve(pretrained_config(backbone), image_size, overrides)
     if path is not None:
+        _unsaved[path] = prep.as_dict()  # written by save_cache, once the start goes on
+    return prep
+
+
+_unsaved: dict[Path, dict] = {}
+
+
+def save_cache() -> None:
+    """Write what `for_backbone` resolved: a start that ends without a run (a refused value, a
+    resume of a finished run) writes nothing, as with the scan's cache."""
+    while _unsaved:
+        path, raw = _unsaved.popitem()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, prep.as_dict())
+            write_json(path, raw)
         except OSError:
             pass  # a cache that cannot be written costs the next start the timm import, nothing else
-    return prep

@@ -37,7 +37,7 @@ def dry_run(cfg: DictConfig) -> plan.RunPlan:
     validate(cfg)
     with held_warnings():
         run_plan, _, report = plan.resolve(cfg)
-    report.save_cache()
+    save_caches(report)
     return run_plan
 
 
@@ -68,7 +68,7 @@ def start(cfg: DictConfig, run_dir: Path | None = None) -> Start:
                 raise SystemExit(0)
         if rank_zero:  # the other ranks write into the folder their rank 0 holds
             run_claim.take(run_dir, resume=checkpoint is not None, moved=moved, new_root=surveyed.root)
-            report.save_cache()  # a start refused above writes nothing, not even the cache
+            save_caches(report)  # a start refused above writes nothing, not even a cache
     return Start(run_plan, split, report, run_dir)
 
 
@@ -88,3 +88,12 @@ def resumed_from(checkpoint: Path) -> tuple[plan.Resumed, dict]:
         planned_epochs=None if epochs is None else int(epochs),
         backbone_lr_scale=float(optimisation.get("backbone_lr_scale", 1.0)),
     ), raw
+
+
+def save_caches(report) -> None:
+    """The scan's and the preprocessing's caches, which serve the next start (a dry run, then the
+    run): written only by a start that goes on."""
+    from effnet import preprocessing
+
+    report.save_cache()
+    preprocessing.save_cache()
