@@ -197,5 +197,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     try:
         sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name)  # `~` in paths, unknown flags
         app()
+    except KeyboardInterrupt:  # Ctrl-C during the start (a long data scan): training installs its own handler
+        exit_with("interrupted (Ctrl-C) before training started: no checkpoint was written", status=130)
     except Exception as exc:
         exit_for(exc)
