@@ -33,6 +33,18 @@ FAST = [
 ]
 # The run the eval, predict and export tests share (conftest.trained_run).
 TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]
+# bench.py at its smallest: a few images, one ceiling step (tests/bench, the README harness)
+BENCH_TINY = (
+    "model=mobilenetv3_small",
+    "image_size=32",
+    "batch_size=4",
+    "data.threads=1",
+    "trainer.accelerator=cpu",
+    "bench.images=16",
+    "bench.val_images=8",
+    "bench.ceiling_steps=1",
+    "bench.warmup_steps=0",
+)
 
 
 def make_images(folder: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:

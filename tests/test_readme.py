@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from tests.helpers import FAST, ROOT, WarmEntry, make_images
+from tests.helpers import BENCH_TINY, FAST, ROOT, WarmEntry, make_images
 
 # ================================================================================================
 # The table: how a command of README.md or docs/*.md runs here. Everything that makes a command
@@ -84,19 +84,7 @@ DRY_RUN = ("dry_run=true", "trainer.accelerator=cpu")
 # The legacy exporter (the default, dynamo, takes ~20 s more for this tiny model; conftest's
 # onnx_bundle uses the legacy one too), no latency benchmark (~15 s), 12 calibration images.
 EXPORT_SMALL = ("exporter=torchscript", "bench.enabled=false", "calibration.images=12", "num_workers=0")
-# tests/bench/test_task.py's tiny bench.
-BENCH_SMALL = (
-    "model=mobilenetv3_small",
-    "image_size=32",
-    "batch_size=4",
-    "data.threads=1",
-    "trainer.accelerator=cpu",
-    "bench.images=16",
-    "bench.val_images=8",
-    "bench.ceiling_steps=1",
-    "bench.warmup_steps=0",
-    "dashboards.samples=0",
-)
+BENCH_SMALL = (*BENCH_TINY, "dashboards.samples=0")  # tests/bench/test_task.py's tiny bench
 
 
 @dataclass(frozen=True)

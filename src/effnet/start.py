@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -20,14 +21,18 @@ from effnet.checkpoints.find import locate
 from effnet.cli.validate import validate
 from effnet.errors import held_warnings
 
+if TYPE_CHECKING:
+    from effnet.data.folders import Split
+    from effnet.data.scan import DataReport
+
 
 @dataclass(frozen=True)
 class Start:
     """Everything a training run reads: its plan, its split and what the scan found, and its folder."""
 
     plan: plan.RunPlan
-    split: object  # effnet.data.folders.Split
-    report: object  # effnet.data.scan.DataReport
+    split: Split
+    report: DataReport
     run_dir: Path
 
 
@@ -90,7 +95,7 @@ def resumed_from(checkpoint: Path) -> tuple[plan.Resumed, dict]:
     ), raw
 
 
-def save_caches(report) -> None:
+def save_caches(report: DataReport) -> None:
     """The scan's and the preprocessing's caches, which serve the next start (a dry run, then the
     run): written only by a start that goes on."""
     from effnet import preprocessing

@@ -2,20 +2,9 @@
 
 import json
 
-from tests.helpers import one_error_line, run_script
+from tests.helpers import BENCH_TINY, one_error_line, run_script
 
-TINY_BENCH = [
-    "data=demo",
-    "model=mobilenetv3_small",
-    "image_size=32",
-    "batch_size=4",
-    "data.threads=1",
-    "trainer.accelerator=cpu",
-    "bench.images=16",
-    "bench.val_images=8",
-    "bench.ceiling_steps=1",
-    "bench.warmup_steps=0",
-]
+TINY_BENCH = ["data=demo", *BENCH_TINY]
 MEASUREMENT = {"images_per_sec", "step_s", "steps", "micro_batch", "memory", "load_avg"}
 LOADER = {
     "load_avg",
