@@ -575,9 +575,10 @@ def cpu_memory(
 
 
 def real_run_command(argv: Sequence[str] | None = None) -> str:
-    """The command line that starts this run for real (the same one, without dry_run)."""
+    """The command line that starts this run for real (the same one, without dry_run and the
+    show_batch that goes with it)."""
     argv = list(sys.argv if argv is None else argv)
-    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] != "dry_run"]
+    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] not in ("dry_run", "show_batch")]
     return shlex.join(["python", Path(argv[0]).name if argv else "train.py", *args])
 
 

@@ -214,6 +214,7 @@ class BatchPreview(Callback):
         self.tiles = tiles
         self.mixing = mixing
         self.shown: list[str] = []  # the tiles' class names, in order, once drawn
+        self.drawn = None  # and their uint8 pixels
         self._hook = None
         self._caught = None
 
@@ -236,7 +237,7 @@ class BatchPreview(Callback):
         self._hook = None
         if self._caught is None:
             return
-        images = pl_module.to_uint8(self._caught).cpu()
+        images = self.drawn = pl_module.to_uint8(self._caught).cpu()
         self._caught = None
         title = batch_title(len(images), self._batch, self.mixing)
         batch_png(images, self._labels, self.classes, self.path, title)

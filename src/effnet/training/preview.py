@@ -49,5 +49,5 @@ def show_batch(plan: RunPlan, split: Split, root: Path = BATCHES_ROOT) -> Path:
     path = batch_png(
         images, labels.tolist(), list(plan.network.classes), root / fresh_name() / BATCH_FILE, title
     )
-    print(f"{BATCH_FILE}: {path} ({title})", flush=True)
+    print(f"{title}: {path}", flush=True)
     return path
