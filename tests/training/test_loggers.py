@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
         f"epochs={EPOCHS}",
         "model=mobilenetv3_small",
         "logger=[csv,wandb,tensorboard]",
+        "dashboards.train_batch=16",  # train_batches.png, which FAST leaves out
     ]
     overrides.append("trainer.log_every_n_steps=1")
     cfg = compose_cfg(overrides)
