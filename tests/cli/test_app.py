@@ -194,6 +194,9 @@ TRAIN_CASES = {
             False,
         ),
     ],
+    "bench": [
+        (["data.root={data}", "lr=find"], "lr=find runs with train.py", False),
+    ],
     "eval": [
         ([], "ckpt is required", False),
         (["ckpt={missing}"], "ckpt={missing}: not found", False),

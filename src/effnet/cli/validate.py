@@ -374,6 +374,10 @@ BENCH_COMPARE = ("timm", "plain")
 def _check_bench(cfg: DictConfig) -> None:
     """bench.py takes every train.py key, checked by train.py's rules, plus its own."""
     validate(cfg)
+    if cfg.lr == "find":
+        raise UserError(
+            "lr=find runs with train.py (the finder trains nothing to measure); give bench.py a number or null"
+        )
     compare = cfg.bench.compare
     names = [] if compare is None else [compare] if isinstance(compare, str) else list(compare)
     if any(n not in BENCH_COMPARE for n in names):
