@@ -30,6 +30,7 @@ FAST = [
     "data.num_workers=0",
     "scheduler.warmup_epochs=0",
     "trainer.accelerator=cpu",
+    "dashboards.train_batch=0",  # no train_batches.png (~0.5 s a run); the tests of BatchPreview turn it on
 ]
 # The run the eval, predict and export tests share (conftest.trained_run).
 TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]

@@ -119,6 +119,12 @@ RULES = (
     Rule(r"^ruff |/ruff ", "shell", why="make lint's and make format's lines, as written"),
     Rule(r"train\.py .*ckpt_path=last", "python", "resumed", add=(*SMALL, "epochs=3"), setup=("run",),
          why="resumes a copy of the shared 2-epoch run (its data, model and size) for a third epoch"),
+    Rule(r"train\.py .*lr=find", "python", "found",
+         add=(*SMALL, "trainer.limit_train_batches=null", "epochs=2", "lr_find.max_lr=0.01"),
+         why="the finder over a small run's own 14 steps (2 epochs of 7 batches; the 13 a suggestion needs), "
+             "below the lr where the loss diverges, so every step runs"),
+    Rule(r"train\.py .*show_batch=true", "python", "previewed", add=(*SMALL, "dashboards.train_batch=16"),
+         why="the dry run's first batch of the small run, drawn to outputs/batches/"),
     Rule(r"train\.py .*trainer=ddp", "python", "planned", add=DRY_RUN,
          why="needs several GPUs: the dry run resolves the plan for them (devices, batch split, strategy) "
              "on the CPU and prints it"),
@@ -199,6 +205,22 @@ def planned(out: Outcome) -> None:
     assert not (out.cwd / "outputs" / "train").exists()
 
 
+def found(out: Outcome) -> None:
+    out.ok()
+    (run,) = (out.cwd / "outputs" / "train").iterdir()
+    record = json.loads((run / "lr_find.json").read_text())
+    assert (run / "lr_find.png").is_file() and not (run / "checkpoints").exists()
+    (command,) = [line for line in out.stdout.splitlines() if line.startswith("train with it: ")]
+    assert f" lr={record['suggestion']:.2g} " in f"{command} " and "lr=find" not in command, command
+
+
+def previewed(out: Outcome) -> None:
+    out.ok()
+    (picture,) = (out.cwd / "outputs" / "batches").glob("*/train_batches.png")
+    assert f": outputs/batches/{picture.parent.name}/train_batches.png" in out.stdout
+    assert "effnet run plan (dry run" in out.stdout and not (out.cwd / "outputs" / "train").exists()
+
+
 def swept(out: Outcome) -> None:
     out.ok()
     jobs = out.rule.jobs or math.prod(
@@ -257,8 +279,8 @@ def unchanged(out: Outcome) -> None:
     assert not changed, f"{shlex.join(out.words)} changed {changed}"
 
 
-CHECKS = {f.__name__: f for f in (finished, printed, trained, resumed, planned, swept, evaluated, exported,
-                                   predicted, benched, reported, unchanged)}  # fmt: skip
+CHECKS = {f.__name__: f for f in (finished, printed, trained, resumed, planned, found, previewed, swept, evaluated,
+                                   exported, predicted, benched, reported, unchanged)}  # fmt: skip
 
 # ================================================================================================
 # Extraction: README.md and docs/*.md -> commands and markers.

@@ -331,3 +331,24 @@ def test_the_cpu_estimate_holds_for_a_real_step():
     # which vary with the machine's load and once made a CI run see less than half the growth.
     growth, predicted_growth = large_step - small, predicted[320] - predicted[192]
     assert 0.7 < growth / predicted_growth < 1.3, (growth, predicted_growth)
+
+
+@pytest.mark.parametrize(
+    "images, micro, accumulate, world, limit, expected",
+    [
+        (244, 8, 4, 1, None, 8),  # 30 whole micro-batches (the loader drops the last 4 images), 8 steps
+        (244, 8, 1, 2, None, 15),  # each of 2 processes: 122 images, 15 micro-batches
+        (6, 8, 1, 1, None, 1),  # fewer images than a micro-batch: one short batch
+        (244, 8, 1, 1, 5, 5),  # trainer.limit_train_batches=5
+        (244, 8, 1, 1, 0.5, 15),  # trainer.limit_train_batches=0.5
+    ],
+)
+def test_steps_per_epoch_count_as_lightning_does(images, micro, accumulate, world, limit, expected):
+    assert recipes.steps_per_epoch(images, micro, accumulate, world, limit) == expected
+
+
+def test_the_finder_takes_at_most_the_runs_own_steps_and_enough_for_a_suggestion():
+    assert recipes.finder_steps(100, 30, 10) == 100
+    assert recipes.finder_steps(100, 8, 2) == 16
+    with pytest.raises(ValueError, match=r"takes 12 optimizer step\(s\) \(2 epoch\(s\) x 6\).*epochs=3"):
+        recipes.finder_steps(100, 6, 2)

@@ -133,6 +133,7 @@ class Records:
     monitor: str = "val/acc"  # the metric best.ckpt keeps
     monitor_mode: str = "max"
     samples: int = 16  # validation images in predictions.png
+    train_batch: int = 16  # images of the first augmented training batch in train_batches.png
     divergence_patience: int | None = 3  # None: never stop on a non-finite loss
     loggers: Mapping[str, Mapping[str, Any]] = field(
         default_factory=dict
@@ -140,6 +141,15 @@ class Records:
     on_bad_image: str = "warn"
     max_image_pixels: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LrFind:
+    """lr=find: the finder's sweep of the head's lr (effnet.training.lr_find), instead of training."""
+
+    min_lr: float
+    max_lr: float
+    steps: int  # lr_find.steps, or the run's own optimizer steps when it has fewer
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,7 @@ class RunPlan:
     ram_available: int | None = None
     records: Records = field(default_factory=Records)
     resumed: Resumed | None = None
+    lr_find: LrFind | None = None  # lr=find: sweep the lr instead of training
 
     @property
     def world_size(self) -> int:
@@ -271,7 +282,8 @@ def choose_recipe(cfg: DictConfig, num_train: int, preset: str | None = None) ->
     else:
         name, row = cfg.data_size.name, cfg.data_size
         reason = f"data_size={name}" + (f" (from preset={preset})" if preset else "") + ", images not counted"
-    overrides = {k: cfg[k] for k in RECIPE_KEYS}
+    # lr=find: the finder decides it; the row's value fills the plan's recipe meanwhile
+    overrides = {k: None if k == "lr" and cfg[k] == "find" else cfg[k] for k in RECIPE_KEYS}
     return recipes.resolve_recipe(overrides, name, row, cfg.model.dropout), reason
 
 
@@ -280,7 +292,9 @@ def recipe_sources(cfg: DictConfig, row: str, cli_overrides: Sequence[str], pres
     given = {o.split("=", 1)[0].lstrip("+~") for o in cli_overrides}
     sources = {}
     for key in RECIPE_KEYS:
-        if key in given:
+        if key == "lr" and cfg[key] == "find":
+            sources[key] = f"{row} row, until the finder runs"
+        elif key in given:
             sources[key] = "command line"
         elif cfg[key] is not None:
             sources[key] = f"preset={preset}" if preset else "config"
@@ -424,6 +438,20 @@ def build(
         for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
         if k not in PLANNED_TRAINER_KEYS and v is not None
     }
+    finder = None
+    if cfg.lr == "find":
+        epoch_steps = recipes.steps_per_epoch(
+            data.train,
+            batches.micro_batch,
+            batches.accumulate,
+            devices * num_nodes,
+            trainer.get("limit_train_batches"),
+        )
+        try:
+            steps = recipes.finder_steps(int(cfg.lr_find.steps), epoch_steps, recipe.epochs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        finder = LrFind(float(cfg.lr_find.min_lr), float(cfg.lr_find.max_lr), steps)
     return RunPlan(
         data=data,
         recipe=recipe,
@@ -499,6 +527,7 @@ def build(
         ram_available=device.ram_available,
         records=records(cfg),
         resumed=resumed,
+        lr_find=finder,
     )
 
 
@@ -507,6 +536,7 @@ def records(cfg: DictConfig) -> Records:
     config.pop("hydra", None)  # the callback's config carries Hydra's own node; the job's does not
     return Records(
         samples=int(cfg.dashboards.samples),
+        train_batch=int(cfg.dashboards.train_batch),
         divergence_patience=None if cfg.divergence.patience is None else int(cfg.divergence.patience),
         loggers=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {},
         on_bad_image=str(cfg.data.on_bad_image),
@@ -545,9 +575,10 @@ def cpu_memory(
 
 
 def real_run_command(argv: Sequence[str] | None = None) -> str:
-    """The command line that starts this run for real (the same one, without dry_run)."""
+    """The command line that starts this run for real (the same one, without dry_run and the
+    show_batch that goes with it)."""
     argv = list(sys.argv if argv is None else argv)
-    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] != "dry_run"]
+    args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] not in ("dry_run", "show_batch")]
     return shlex.join(["python", Path(argv[0]).name if argv else "train.py", *args])
 
 
@@ -838,7 +869,7 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
         ("classes", counts or ", ".join(d.classes)),
         ("data problems", f"{d.problems} of {d.files} files unusable (skipped)" if d.problems else "none"),
         ("recipe", f"{r.data_size} row; {plan.recipe_reason}"),
-        ("lr", f"{r.lr:g} ({src['lr']})" + _backbone_lr(plan)),
+        ("lr", _lr(plan)),
         ("epochs", f"{r.epochs} ({src['epochs']})"),
         ("batch", f"{r.batch_size} ({src['batch_size']})"),
         ("dropout", f"{r.dropout:g} ({src['dropout']})"),
@@ -899,6 +930,18 @@ def _memory(plan: RunPlan) -> str:
         f"predicted peak {b.peak_bytes / 1e9:.1f} GB {where} for micro-batch {b.micro_batch}"
         f" ({recipes.precision_kind(plan.precision)}); largest term: {terms[0][0]} {terms[0][1] / 1e9:.2f} GB"
         + (f"; then {rest} GB" if rest else "")
+    )
+
+
+def _lr(plan: RunPlan) -> str:
+    r, finder = plan.recipe, plan.lr_find
+    if finder is None:
+        return f"{r.lr:g} ({plan.recipe_sources['lr']})" + _backbone_lr(plan)
+    scale = plan.optimisation.backbone_lr_scale
+    follows = "" if scale == 1.0 else f"; the pretrained backbone's follows at x{scale:g}"
+    return (
+        f"find (the finder runs on a real start): the head's lr from {finder.min_lr:g} to "
+        f"{finder.max_lr:g} over {finder.steps} steps{follows}; nothing is trained"
     )
 
 

@@ -183,6 +183,70 @@ def predictions_png(
     return _save(fig, path)
 
 
+def batch_png(
+    images,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    path: Path,
+    title: str = "",
+    columns: int = 8,
+) -> Path:
+    """A grid of training images (uint8) as the network sees them, each titled with its class."""
+    names, families = figure_labels(classes)
+    columns = max(1, min(columns, len(labels)))
+    rows = max(1, math.ceil(len(labels) / columns))
+    fig = _figure(2.0 * columns, 2.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, label in zip(axes, images, labels, strict=False):  # the last row may have spare axes
+        ax.imshow(_hwc(image))
+        ax.set_title(names[label], fontsize=8, family=families)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def lr_find_png(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    suggested: int | None,
+    path: Path,
+    title: str = "",
+    axis: str = "learning rate",
+) -> Path:
+    """The learning-rate finder's loss (smoothed) against the lr of each step, on a log axis; the
+    suggestion (index `suggested`: the steepest fall) marked in red."""
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("training loss (smoothed)")
+    ax.grid(alpha=0.3, which="both")
+    if suggested is not None:
+        lr = lrs[suggested]
+        ax.plot(
+            [lr],
+            [losses[suggested]],
+            marker="o",
+            markersize=10,
+            color="tab:red",
+            label=f"suggested lr {lr:.2g}",
+        )
+        ax.axvline(lr, color="tab:red", linestyle="--", linewidth=1)
+        ax.legend(fontsize=8)
+    finite = [v for v in losses if math.isfinite(v)]
+    if len(finite) > 1:  # the blow-up at the end would flatten the fall that matters
+        low, first = min(finite), finite[0]
+        top = min(max(finite), 2 * first - low) if first > low else max(finite)
+        margin = 0.05 * (top - low) or 0.05
+        ax.set_ylim(low - margin, top + margin)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 # curves.png panels: (title, [(history key, legend label)]); a key a run never logged is left out.
 CURVE_PANELS = (
     ("loss", [("train/loss_epoch", "train"), ("val/loss", "val")]),

@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 REFERENCE_DROPOUT = 0.2
 MAX_DROPOUT = 0.5
 AUG_LEVELS = ("light", "standard", "heavy")
+# lr=find: Lightning's suggestion skips the sweep's first 10 points and its last, and needs 2 more
+# to take a gradient.
+LR_FIND_MIN_STEPS = 13
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,37 @@ def backbone_lr_scale(scale: float, pretrained: bool) -> float:
     with the gradients of a randomly initialised head (fastai's discriminative learning rates).
     A backbone from random init trains at the full rate."""
     return float(scale) if pretrained else 1.0
+
+
+def steps_per_epoch(
+    train_images: int, micro_batch: int, accumulate: int, world: int, limit_train_batches=None
+) -> int:
+    """Optimizer steps in one epoch, as Lightning counts them: each process's share of the images
+    (its sampler pads to equal shares), whole micro-batches when there are more images than one
+    (the loader's drop_last), trainer.limit_train_batches (a count, or a fraction of the batches),
+    and a step per `accumulate` micro-batches, the epoch's last partial group included."""
+    share = math.ceil(train_images / max(1, world))
+    batches = share // micro_batch if share > micro_batch else 1
+    if isinstance(limit_train_batches, int) and not isinstance(limit_train_batches, bool):
+        batches = min(batches, limit_train_batches)
+    elif isinstance(limit_train_batches, float) and limit_train_batches < 1:
+        batches = int(batches * limit_train_batches)
+    return math.ceil(batches / max(1, accumulate))
+
+
+def finder_steps(wanted: int, epoch_steps: int, epochs: int) -> int:
+    """lr=find's steps: `wanted` (lr_find.steps), or as many as the run itself takes when it takes
+    fewer: the finder explores no more optimizer steps than training would. ValueError when that is
+    too few for a suggestion."""
+    available = epoch_steps * epochs
+    if available < LR_FIND_MIN_STEPS:
+        needed = math.ceil(LR_FIND_MIN_STEPS / max(1, epoch_steps))
+        raise ValueError(
+            f"lr=find: this run takes {available} optimizer step(s) ({epochs} epoch(s) x {epoch_steps}), "
+            f"fewer than the {LR_FIND_MIN_STEPS} the finder's suggestion needs; give it more: "
+            f"epochs={needed}" + (" or a smaller batch_size" if epoch_steps else "")
+        )
+    return min(wanted, available)
 
 
 def loader_workers(cores: int, devices_per_node: int) -> int:

@@ -39,11 +39,16 @@ class Start:
 def dry_run(cfg: DictConfig) -> plan.RunPlan:
     """The plan train.py would make, without a run folder: the settings checked, the data walked
     and scanned once (its cache then serves the real run)."""
+    return dry_run_split(cfg)[0]
+
+
+def dry_run_split(cfg: DictConfig) -> tuple[plan.RunPlan, Split]:
+    """dry_run's plan with the split it was made for (show_batch=true draws from it)."""
     validate(cfg)
     with held_warnings():
-        run_plan, _, report = plan.resolve(cfg)
+        run_plan, split, report = plan.resolve(cfg)
     save_caches(report)
-    return run_plan
+    return run_plan, split
 
 
 def start(cfg: DictConfig, run_dir: Path | None = None) -> Start:

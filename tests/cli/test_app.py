@@ -177,6 +177,14 @@ TRAIN_CASES = {
             "dry_run=true shows one run's plan",
             False,
         ),
+        (["data.root={data}", "lr=banana"], "lr=banana: must be a number > 0, e.g. lr=1e-3, or find", False),
+        (["data.root={data}", "-m", "lr=find", "seed=1,2"], "lr=find runs the finder once", False),
+        (["data.root={data}", "lr=find", "ckpt_path={run}"], "lr=find with ckpt_path=", False),
+        (
+            ["data.root={data}", "dry_run=true", "show_batch=true", "dashboards.train_batch=0"],
+            "show_batch=true with dashboards.train_batch=0 draws no image",
+            False,
+        ),
         (["data.root={data}", "quantize=int8"], "unknown key 'quantize'", False),
         (["data.root={data}", "trainer.devices=abc"], "trainer.devices=abc: must be auto, -1", False),
         (["data.root={data}", "data_size.rows.small.lr=-2"], "data_size.rows.small.lr=-2: must be", False),
@@ -185,6 +193,9 @@ TRAIN_CASES = {
             "data_size.epochs=0: must be",
             False,
         ),
+    ],
+    "bench": [
+        (["data.root={data}", "lr=find"], "lr=find runs with train.py", False),
     ],
     "eval": [
         ([], "ckpt is required", False),

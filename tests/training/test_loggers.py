@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
         f"epochs={EPOCHS}",
         "model=mobilenetv3_small",
         "logger=[csv,wandb,tensorboard]",
+        "dashboards.train_batch=16",  # train_batches.png, which FAST leaves out
     ]
     overrides.append("trainer.log_every_n_steps=1")
     cfg = compose_cfg(overrides)
@@ -174,3 +175,11 @@ def test_tensorboard_gets_the_same_pictures_and_tables(trained):
         assert (grid.width, grid.height) == on_disk.size
     assert "val/per_class/text_summary" in events.Tags()["tensors"]  # how add_text stores it
     assert events.Scalars("best_val_acc")[-1].value == pytest.approx(summary["best_val_acc"])
+
+
+def test_the_first_training_batch_is_in_the_run_folder_and_on_wandb(trained):
+    _, _, run_dir, wandb_run = trained
+    (image,) = [row["train/batch"] for row in wandb_run.history if "train/batch" in row]  # drawn once
+    with Image.open(wandb_run.media(image)) as uploaded, Image.open(run_dir / "train_batches.png") as on_disk:
+        # batch_size=4 images, under dashboards.train_batch=16: one row of 4 tiles (plots.batch_png)
+        assert uploaded.size == on_disk.size == (4 * 200, 230)

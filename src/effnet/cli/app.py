@@ -59,6 +59,8 @@ class ValidateBeforeRun(Callback):
                 return
             from effnet import start  # the plan: timm's preprocessing, the data scan
 
+            if config.get("dry_run") and config.get("show_batch"):
+                dry_run(*start.dry_run_split(config))
             if config.get("dry_run"):
                 dry_run(start.dry_run(config))
             begun = start.start(config)
@@ -72,6 +74,8 @@ class ValidateBeforeRun(Callback):
             self._validate_or_exit(config, validate_launcher)
         if self.command == "train" and config.get("dry_run"):
             exit_with("dry_run=true shows one run's plan: drop -m (or run it once per value you sweep)")
+        if self.command == "train" and config.get("lr") == "find":
+            exit_with("lr=find runs the finder once, on one run's setup: drop -m (or sweep lr over numbers)")
 
     def _validate_or_exit(
         self, config: DictConfig, check: Callable[[DictConfig], None] | None = None
@@ -95,12 +99,17 @@ STARTED: dict[Path, object] = {}
 VALIDATED: set[Path] = set()
 
 
-def dry_run(plan) -> NoReturn:
+def dry_run(plan, split=None) -> NoReturn:
     """Print the run plan (data, recipe and why, batch plan, precision, preprocessing, the command
-    to start it) and exit 0, before Hydra makes a run folder."""
+    to start it) and exit 0, before Hydra makes a run folder. With the `split` (show_batch=true),
+    also draw the plan's first augmented training batch (the heavy imports start there)."""
     from effnet.plan import print_plan
 
     print_plan(plan)
+    if split is not None:
+        from effnet.training.preview import show_batch
+
+        show_batch(plan, split)
     raise SystemExit(0)
 
 
@@ -165,6 +174,11 @@ def train_task(cfg: DictConfig) -> float | None:
 
             check_surface(cfg, "train", hydra_cfg)  # its own options, against all swept ones
             begun = start.start(cfg, run_dir)
+        if begun.plan.lr_find is not None:  # lr=find: the finder instead of training (not in a sweep)
+            from effnet.training.lr_find import find
+
+            find(begun)
+            return None
         from effnet.training.train import train  # the heavy imports start here
 
         summary = train(begun, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper

@@ -23,7 +23,7 @@ from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
 from effnet.deploy.paths import PREPROCESSING_FILE, expand_inputs, model_file
 from effnet.errors import UserError
-from effnet.recipes import AUG_LEVELS, CACHE_MODES
+from effnet.recipes import AUG_LEVELS, CACHE_MODES, LR_FIND_MIN_STEPS
 
 PRECISIONS = (
     "32-true",
@@ -93,13 +93,19 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 # key, check, accepted values, null allowed (null = "from the recipe / the tier")
 RULES: list[tuple[str, Callable, str, bool]] = [
     ("epochs", int_at_least(1), "an integer >= 1, e.g. epochs=20", True),
-    ("lr", positive, "a number > 0, e.g. lr=1e-3", True),
+    (
+        "lr",
+        lambda v: v == "find" or positive(v),
+        "a number > 0, e.g. lr=1e-3, or find (the learning-rate finder)",
+        True,
+    ),
     ("batch_size", int_at_least(1), "an integer >= 1, e.g. batch_size=32", True),
     ("dropout", in_range(0, 1), "a number in [0, 1), e.g. dropout=0.2", True),
     ("aug", one_of(*AUG_LEVELS), "one of: " + ", ".join(AUG_LEVELS), True),
     ("image_size", int_at_least(16), "an integer >= 16 (pixels), e.g. image_size=224", True),
     ("seed", int_at_least(0), "an integer >= 0", False),
     ("dry_run", one_of(True, False), "true or false", False),
+    ("show_batch", one_of(True, False), "true or false", False),
     VAL_FRACTION,
     ("data.min_images", int_at_least(0), "an integer >= 0", False),
     ("data.num_workers", *WORKERS, False),
@@ -165,11 +171,25 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("gpu.usable_fraction", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.9", False),
     ("gpu.cuda_overhead_gb", lambda v: _is_number(v) and v >= 0, "a number of GB >= 0, e.g. 0.5", False),
     ("dashboards.samples", int_at_least(0), "an integer >= 0, e.g. dashboards.samples=16", False),
+    ("dashboards.train_batch", int_at_least(0), "an integer >= 0, e.g. dashboards.train_batch=16", False),
+    ("lr_find.min_lr", positive, "a number > 0, e.g. 1e-7", False),
+    ("lr_find.max_lr", positive, "a number > 0, e.g. 1", False),
+    (
+        "lr_find.steps",
+        int_at_least(LR_FIND_MIN_STEPS),
+        f"an integer >= {LR_FIND_MIN_STEPS} (the suggestion needs that many points), e.g. 100",
+        False,
+    ),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),
     ("divergence.patience", int_at_least(1), "an integer >= 1, or null (never stop)", True),
 ]
 
-ROW_RULES = [r for r in RULES if r[0] in ("epochs", "lr", "batch_size", "dropout", "aug")]
+# the data_size rows hold numbers: `find` is for the command line's lr alone
+ROW_RULES = [
+    ("lr", positive, "a number > 0, e.g. lr=1e-3", False) if r[0] == "lr" else r
+    for r in RULES
+    if r[0] in ("epochs", "lr", "batch_size", "dropout", "aug")
+]
 
 
 def check(cfg: DictConfig, key: str, ok: Callable, accepted: str, nullable: bool, prefix: str = "") -> None:
@@ -227,11 +247,29 @@ def _check_paths(cfg: DictConfig) -> None:
         locate(str(cfg.ckpt_path), "resume", "ckpt_path")
 
 
+def _check_combinations(cfg: DictConfig) -> None:
+    if cfg.lr_find.min_lr >= cfg.lr_find.max_lr:
+        raise UserError(
+            f"lr_find.min_lr={cfg.lr_find.min_lr} is not below lr_find.max_lr={cfg.lr_find.max_lr}: "
+            "the finder sweeps from the one up to the other"
+        )
+    if cfg.show_batch and cfg.dry_run and not cfg.dashboards.train_batch:
+        raise UserError(
+            "show_batch=true with dashboards.train_batch=0 draws no image: set dashboards.train_batch=16"
+        )
+    if cfg.lr == "find" and cfg.ckpt_path is not None:
+        raise UserError(
+            f"lr=find with ckpt_path={cfg.ckpt_path}: the finder looks for a new run's lr, and a resume "
+            "keeps its checkpoint's schedule; drop ckpt_path (or lr=find)"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first bad value. Cheap: runs before the run folder exists."""
     for key, ok, accepted, nullable in RULES:
         check(cfg, key, ok, accepted, nullable)
     _check_rows(cfg)
+    _check_combinations(cfg)
     _check_devices(cfg)
     cluster.check_job_shape(cfg.trainer.devices, cfg.trainer.num_nodes)  # inside srun or torchrun
     _check_paths(cfg)
@@ -336,6 +374,10 @@ BENCH_COMPARE = ("timm", "plain")
 def _check_bench(cfg: DictConfig) -> None:
     """bench.py takes every train.py key, checked by train.py's rules, plus its own."""
     validate(cfg)
+    if cfg.lr == "find":
+        raise UserError(
+            "lr=find runs with train.py (the finder trains nothing to measure); give bench.py a number or null"
+        )
     compare = cfg.bench.compare
     names = [] if compare is None else [compare] if isinstance(compare, str) else list(compare)
     if any(n not in BENCH_COMPARE for n in names):

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 
 from effnet.files import write_csv
 from effnet.metrics import per_class
-from effnet.plots import confusion_matrix_png, curves_png, prediction_order, predictions_png
+from effnet.plots import batch_png, confusion_matrix_png, curves_png, prediction_order, predictions_png
 from effnet.training.loggers import publish
 
 
@@ -186,6 +186,63 @@ class BestEpoch(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = {int(k): v for k, v in state_dict["history"].items()}
+
+
+BATCH_FILE = "train_batches.png"
+
+
+def batch_title(shown: int, batch: int, mixing: bool) -> str:
+    """What train_batches.png shows, in its title."""
+    title = f"the first training batch as the network sees it ({shown} of {batch} images, augmented)"
+    if mixing:
+        title += "; mixup/cutmix blends each with another, labelled with its own class"
+    return title
+
+
+class BatchPreview(Callback):
+    """train_batches.png in the run folder, and on every logger: the first training batch of a
+    fresh run as the network sees it, after the loader's transforms and the device's erasing and
+    mixup, denormalised with the run's mean and std; `tiles` images at most, each titled with its
+    class. Rank 0 only.
+
+    The images are caught on their way into the network (a forward pre-hook on `pl_module.net`
+    for that one step), so the picture is the exact tensor it trained on, not another draw."""
+
+    def __init__(self, run_dir: Path, classes: list[str], tiles: int = 16, mixing: bool = False) -> None:
+        self.path = Path(run_dir) / BATCH_FILE
+        self.classes = list(classes)
+        self.tiles = tiles
+        self.mixing = mixing
+        self.shown: list[str] = []  # the tiles' class names, in order, once drawn
+        self.drawn = None  # and their uint8 pixels
+        self._hook = None
+        self._caught = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        fresh = trainer.global_step == 0 and trainer.current_epoch == 0 and batch_idx == 0
+        if not (fresh and self.tiles and trainer.is_global_zero) or self.shown:
+            return
+        self._labels = batch[1][: self.tiles].tolist()
+        self._batch = len(batch[1])
+
+        def catch(module, args) -> None:
+            self._caught = args[0][: self.tiles].detach()
+
+        self._hook = pl_module.net.register_forward_pre_hook(catch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook = None
+        if self._caught is None:
+            return
+        images = self.drawn = pl_module.to_uint8(self._caught).cpu()
+        self._caught = None
+        title = batch_title(len(images), self._batch, self.mixing)
+        batch_png(images, self._labels, self.classes, self.path, title)
+        self.shown = [self.classes[i] for i in self._labels]
+        publish(trainer.loggers, trainer.global_step, images={"train/batch": self.path})
 
 
 # Per-epoch values drawn in curves.png and kept (with the epoch and lr) in Dashboards.history.

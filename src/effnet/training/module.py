@@ -137,8 +137,9 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         return self.normalize(images), labels
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+    def augment(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's share of the augmentation, on a normalised batch: erasing, then mixup or
+        cutmix. Returns the images the network trains on and their (soft, under mixup) targets."""
         if self.erase is not None:
             self.erase.device = images.device
             images = self.erase(images)
@@ -149,6 +150,11 @@ class ClassifierModule(L.LightningModule):
             targets = mixup_target(
                 labels, len(self.spec.classes), smoothing=self.regularisation.label_smoothing
             )
+        return images, targets
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        images, targets = self.augment(images, labels)
         logits = self(images)
         loss = self.train_loss(logits, targets)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))

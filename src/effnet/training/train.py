@@ -32,7 +32,14 @@ from effnet.files import write_json
 from effnet.start import Start
 from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
-from effnet.training.callbacks import BestEpoch, Dashboards, FreezeBackbone, Throughput, progress_bar
+from effnet.training.callbacks import (
+    BatchPreview,
+    BestEpoch,
+    Dashboards,
+    FreezeBackbone,
+    Throughput,
+    progress_bar,
+)
 from effnet.training.divergence import StopOnDivergence
 from effnet.training.loggers import build_loggers, finishing
 from effnet.training.module import ClassifierModule
@@ -252,6 +259,8 @@ class Watched:
         ]
         if plan.freeze_epochs:
             callbacks.append(FreezeBackbone(plan.freeze_epochs))
+        if plan.records.train_batch:
+            callbacks.append(batch_preview(plan, run_dir))
         return callbacks + ([self.pruning] if self.pruning is not None else [])
 
     def summary(self, epochs_completed: int) -> dict:
@@ -270,6 +279,14 @@ class Watched:
             "data_wait_fraction": self.throughput.typical_wait,
             **({"pruned": pruned} if pruned else {}),
         }
+
+
+def batch_preview(plan: run_plan.RunPlan, run_dir: Path) -> BatchPreview:
+    """train_batches.png: the first augmented batch of a fresh run (effnet.training.callbacks)."""
+    reg = plan.regularisation
+    return BatchPreview(
+        run_dir, list(plan.network.classes), plan.records.train_batch, mixing=reg.mixup > 0 or reg.cutmix > 0
+    )
 
 
 def fit(
