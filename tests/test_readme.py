@@ -226,6 +226,7 @@ def exported(out: Outcome) -> None:
     if "quantize=int8" in out.words:
         files.add("model.int8.onnx")
     assert files <= {p.name for p in bundle.iterdir()}
+    assert {p.name for p in (bundle / "timm").iterdir()} == {"model.safetensors", "config.json"}
 
 
 def predicted(out: Outcome) -> None:
