@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import cluster, memory, recipes
+from effnet.cli.argv import command_words
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 
@@ -548,7 +549,7 @@ def real_run_command(argv: Sequence[str] | None = None) -> str:
     """The command line that starts this run for real (the same one, without dry_run)."""
     argv = list(sys.argv if argv is None else argv)
     args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] != "dry_run"]
-    return shlex.join(["python", Path(argv[0]).name if argv else "train.py", *args])
+    return shlex.join([*command_words(argv[0] if argv else "train.py"), *args])
 
 
 # ---------------------------------------------------------------------------------------------
