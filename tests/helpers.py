@@ -18,7 +18,7 @@ from effnet.plan import Network, Optimisation, Regularisation, Runtime
 from effnet.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "src" / "effnet" / "conf"
 TRAIN_PY = ROOT / "train.py"
 
 # Small, fast and offline: what every training test adds to its overrides.

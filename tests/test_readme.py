@@ -114,7 +114,7 @@ RULES = (
          why="needs several GPUs: the dry run resolves the plan for them (devices, batch split, strategy) "
              "on the CPU and prints it"),
     Rule(r"train\.py .*sweep=grid", "python", "swept", add=SMALL_ANY_MODEL, jobs=8,
-         why="all 8 jobs of conf/sweep/grid.yaml, small (model is one of its knobs)"),
+         why="all 8 jobs of src/effnet/conf/sweep/grid.yaml, small (model is one of its knobs)"),
     Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=1"), jobs=1,
          why="the search with one small trial (model and batch size fixed, a syntax the docs show)"),
     Rule(r"train\.py .*-m\b", "python", "swept", add=SMALL, why="every job of the sweep, small"),
