@@ -4,10 +4,7 @@ python bench.py data.root=~/photos bench.compare=timm
 python bench.py --help
 """
 
-from pathlib import Path
-
-from effnet.bench.task import bench_task
-from effnet.cli.app import main
+from effnet.cli.commands import bench
 
 if __name__ == "__main__":
-    main(config_dir=Path(__file__).resolve().parent / "conf", config_name="bench", task=bench_task)
+    bench()

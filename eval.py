@@ -4,10 +4,7 @@ python eval.py ckpt=outputs/train/<run>
 python eval.py --help
 """
 
-from pathlib import Path
-
-from effnet.cli.app import main
-from effnet.cli.tasks import eval_task
+from effnet.cli.commands import evaluate
 
 if __name__ == "__main__":
-    main(config_dir=Path(__file__).resolve().parent / "conf", config_name="eval", task=eval_task)
+    evaluate()

@@ -4,10 +4,7 @@ python predict.py ckpt=outputs/train/<run>/export/onnx inputs=~/photos/new topk=
 python predict.py --help
 """
 
-from pathlib import Path
-
-from effnet.cli.app import main
-from effnet.cli.tasks import predict_task
+from effnet.cli.commands import predict
 
 if __name__ == "__main__":
-    main(config_dir=Path(__file__).resolve().parent / "conf", config_name="predict", task=predict_task)
+    predict()

@@ -4,9 +4,7 @@ python train.py data.root=~/photos preset=small gpu=8gb
 python train.py --help
 """
 
-from pathlib import Path
-
-from effnet.cli.app import main
+from effnet.cli.commands import train
 
 if __name__ == "__main__":
-    main(config_dir=Path(__file__).resolve().parent / "conf", config_name="train")
+    train()

@@ -18,7 +18,7 @@ from effnet.plan import Network, Optimisation, Regularisation, Runtime
 from effnet.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "src" / "effnet" / "conf"
 TRAIN_PY = ROOT / "train.py"
 
 # Small, fast and offline: what every training test adds to its overrides.
@@ -34,6 +34,18 @@ FAST = [
 ]
 # The run the eval, predict and export tests share (conftest.trained_run).
 TINY = [*FAST, "model=mobilenetv3_small", "epochs=2", "batch_size=8", "lr=3e-3"]
+# A training run of a few seconds (the README harness, the installed effnet-train): FAST, the shared
+# run's model, one intra-op thread (2 xdist workers share 2 cores, and threads competing for a core
+# wait on each other: docs/speed.md, "Threads"), 2 batches of training and of validation, no grid
+# of sample images to draw.
+SMALL = (
+    *FAST,
+    "model=mobilenetv3_small",
+    "data.threads=1",
+    "dashboards.samples=0",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+)
 # bench.py at its smallest: a few images, one ceiling step (tests/bench, the README harness)
 BENCH_TINY = (
     "model=mobilenetv3_small",

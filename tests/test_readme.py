@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from tests.helpers import BENCH_TINY, FAST, ROOT, WarmEntry, make_images
+from tests.helpers import BENCH_TINY, ROOT, SMALL, WarmEntry, make_images
 
 # ================================================================================================
 # The table: how a command of README.md or docs/*.md runs here. Everything that makes a command
@@ -67,17 +67,6 @@ PLACEHOLDERS = {
     ".venv/bin/": "{venv}/",
 }
 
-# A training run of a few seconds: tests/helpers.FAST, the shared run's model, one intra-op thread
-# (2 xdist workers share 2 cores, and threads competing for a core wait on each other:
-# docs/speed.md, "Threads"), 2 batches of training and of validation, no grid of sample images to draw.
-SMALL = (
-    *FAST,
-    "model=mobilenetv3_small",
-    "data.threads=1",
-    "dashboards.samples=0",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-)
 SMALL_ANY_MODEL = tuple(o for o in SMALL if not o.startswith("model="))
 # A plan instead of a run: what a command that needs GPUs would do with them, without them.
 DRY_RUN = ("dry_run=true", "trainer.accelerator=cpu")
@@ -117,6 +106,8 @@ RULES = (
          why="a DDP sweep (a fresh process per job and rank: ~30 s a job); tests/training/test_launch.py runs one"),
     Rule(r"\.py( .*)? --(help|cfg|info)\b", "python", "printed", why="as written: it prints and exits"),
     Rule(r"^ruff |/ruff ", "shell", why="make lint's and make format's lines, as written"),
+    Rule(r"^effnet-train\b", "python", "trained", add=SMALL,
+         why="the console script as pip writes it from pyproject.toml's [project.scripts], small"),
     Rule(r"train\.py .*ckpt_path=last", "python", "resumed", add=(*SMALL, "epochs=3"), setup=("run",),
          why="resumes a copy of the shared 2-epoch run (its data, model and size) for a third epoch"),
     Rule(r"train\.py .*lr=find", "python", "found",
@@ -129,7 +120,7 @@ RULES = (
          why="needs several GPUs: the dry run resolves the plan for them (devices, batch split, strategy) "
              "on the CPU and prints it"),
     Rule(r"train\.py .*sweep=grid", "python", "swept", add=SMALL_ANY_MODEL, jobs=8,
-         why="all 8 jobs of conf/sweep/grid.yaml, small (model is one of its knobs)"),
+         why="all 8 jobs of src/effnet/conf/sweep/grid.yaml, small (model is one of its knobs)"),
     Rule(r"train\.py .*sweep=optuna", "python", "swept", add=(*SMALL, "hydra.sweeper.n_trials=1"), jobs=1,
          why="the search with one small trial (model and batch size fixed, a syntax the docs show)"),
     Rule(r"train\.py .*-m\b", "python", "swept", add=SMALL, why="every job of the sweep, small"),
@@ -248,6 +239,7 @@ def exported(out: Outcome) -> None:
     if "quantize=int8" in out.words:
         files.add("model.int8.onnx")
     assert files <= {p.name for p in bundle.iterdir()}
+    assert {p.name for p in (bundle / "timm").iterdir()} == {"model.safetensors", "config.json"}
 
 
 def predicted(out: Outcome) -> None:
@@ -450,6 +442,14 @@ def with_settings(words: list[str], settings: tuple[str, ...]) -> list[str]:
     return words
 
 
+@cache
+def console_scripts() -> dict[str, str]:
+    """pyproject.toml's [project.scripts]: command name -> "module:function"."""
+    import tomllib  # Python >= 3.11, as the suite's interpreter
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
 def is_python(word: str) -> bool:
     return re.fullmatch(r"python(3(\.\d+)?)?", Path(word).name) is not None
 
@@ -501,9 +501,12 @@ class Runner:
 
     def execute(self, words: list[str], rule: Rule) -> Outcome:
         words = with_settings(words, rule.add)
-        assert is_python(words[0]), f"{rule.pattern}: not a python command: {shlex.join(words)}"
-        script, args = (f"-m {words[2]}", words[3:]) if words[1] == "-m" else (words[1], words[2:])
-        script = script if script.startswith("-m ") else str(self.checkout / script)
+        if words[0] in console_scripts():
+            script, args = str(self.fixture("console_scripts_dir") / words[0]), words[1:]
+        else:
+            assert is_python(words[0]), f"{rule.pattern}: not a python command: {shlex.join(words)}"
+            script, args = (f"-m {words[2]}", words[3:]) if words[1] == "-m" else (words[1], words[2:])
+            script = script if script.startswith("-m ") else str(self.checkout / script)
         result = self.fixture("readme_warm").run(script, args, self.checkout)
         return Outcome(words, self.checkout, result.returncode, result.stdout, result.stderr, rule)
 
@@ -543,6 +546,20 @@ class Runner:
 # ================================================================================================
 # Fixtures and tests.
 # ================================================================================================
+
+
+@pytest.fixture(scope="session")
+def console_scripts_dir(tmp_path_factory) -> Path:
+    """The console scripts, each as pip writes it (the suite's .venv may predate one): the same
+    entry function a `pip install .` puts on PATH, run in the warm interpreter like a script."""
+    folder = tmp_path_factory.mktemp("bin")
+    for name, target in console_scripts().items():
+        module, function = target.split(":")
+        (folder / name).write_text(
+            f"import sys\nfrom {module} import {function}\n\n"
+            f"if __name__ == '__main__':\n    sys.exit({function}())\n"
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from effnet import memory, recipes
 from effnet.plan import choose_recipe
 from tests.helpers import compose_cfg
 
-SEED_TABLE = {  # conf/data_size: the B0 fine-tuning recommendations
+SEED_TABLE = {  # src/effnet/conf/data_size: the B0 fine-tuning recommendations
     "small": dict(lr=5e-4, epochs=30, batch_size=16, dropout=0.3, aug="heavy", max_images=1000),
     "medium": dict(lr=1e-3, epochs=20, batch_size=32, dropout=0.2, aug="standard", max_images=5000),
     "large": dict(lr=1e-3, epochs=12, batch_size=64, dropout=0.15, aug="light", max_images=20000),

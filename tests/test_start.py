@@ -54,7 +54,6 @@ def counted_train(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProce
 def work(tmp_path: Path) -> Path:
     make_images(tmp_path / "data", {"ant": 8, "bee": 8}, size=32)
     (tmp_path / "train.py").symlink_to(ROOT / "train.py")
-    (tmp_path / "conf").symlink_to(ROOT / "conf")
     return tmp_path
 
 

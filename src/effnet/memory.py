@@ -55,10 +55,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from effnet import recipes
+from effnet import CONF_DIR, recipes
 
 CSV_PATH = Path(__file__).with_name("memory.csv")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TABLES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"  # "GPU memory tiers"
 PRECISIONS = ("fp32", "bf16")
 BATCHES = (

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from effnet import cluster, memory, recipes
+from effnet.cli.argv import command_words
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 
@@ -579,7 +580,7 @@ def real_run_command(argv: Sequence[str] | None = None) -> str:
     show_batch that goes with it)."""
     argv = list(sys.argv if argv is None else argv)
     args = [a for a in argv[1:] if a.lstrip("+~").split("=", 1)[0] not in ("dry_run", "show_batch")]
-    return shlex.join(["python", Path(argv[0]).name if argv else "train.py", *args])
+    return shlex.join([*command_words(argv[0] if argv else "train.py"), *args])
 
 
 # ---------------------------------------------------------------------------------------------

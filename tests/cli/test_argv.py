@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from effnet.cli.argv import expand_overrides, order_flags
+from effnet.cli.argv import command_words, expand_overrides, order_flags
 from effnet.errors import UserError
 from tests.helpers import ROOT, make_images, one_error_line, run_train
 
@@ -126,3 +126,18 @@ def test_a_config_group_chosen_twice_is_said_in_the_plan(tmp_path, monkeypatch):
     assert "preset is given twice (preset=small, then preset=large): the last wins, preset=large" in [
         value for key, value in plan.plan_rows(resolved) if key == "warning"
     ]
+
+
+def test_the_command_to_type_again_is_the_one_the_user_typed(tmp_path, monkeypatch):
+    """A resume line or the dry run's `start it` line: `python train.py`, or an installed console
+    script by its name where PATH finds that very file, by its path where it does not."""
+    assert command_words("/src/effnet/train.py") == ["python", "train.py"]
+    assert command_words("/src/effnet/train.py", keep_path=True) == ["python", "/src/effnet/train.py"]
+    script = tmp_path / "bin" / "effnet-train"
+    script.parent.mkdir()
+    script.write_text("#!/usr/bin/env python\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert command_words(str(script)) == [str(script)]
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert command_words(str(script)) == ["effnet-train"]

@@ -304,7 +304,7 @@ def test_an_export_that_does_not_fit_keeps_the_previous_bundle(trained_run, onnx
     """A real full disk under the staging folder: one line, the old bundle as it was, no staging left."""
     from effnet.diskspace import NoSpace
 
-    size = sum(p.stat().st_size for p in onnx_bundle.iterdir())
+    size = sum(p.stat().st_size for p in onnx_bundle.rglob("*") if p.is_file())
     disk = small_disk(size + 2 * (1 << 20))  # the bundle, and not another model beside it
     out = disk / "onnx"
     shutil.copytree(onnx_bundle, out)

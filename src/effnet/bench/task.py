@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from effnet.bench import measure, report
 from effnet.bench.machine import MemoryWatch, cpu_name, load_average
+from effnet.cli.argv import command_words
 from effnet.errors import exit_with, one_line
 
 log = logging.getLogger("effnet")
@@ -104,7 +105,7 @@ def bench(cfg: DictConfig, out_dir: Path) -> dict:
     result["ratios"] = report.ratios(result)
     target = Path(str(bench.out)) if bench.out else out_dir / "bench.json"
     result = {
-        "command": " ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([*command_words(sys.argv[0]), *sys.argv[1:]]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_name(),

@@ -209,7 +209,7 @@ def main(config_dir: Path, config_name: str, task=train_task) -> None:
     register_resolvers()
     app = hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)
     try:
-        sys.argv[1:] = argv.prepare(sys.argv[1:], Path(sys.argv[0]).name)  # `~` in paths, unknown flags
+        sys.argv[1:] = argv.prepare(sys.argv[1:], sys.argv[0])  # `~` in paths, unknown flags
         app()
     except KeyboardInterrupt:  # Ctrl-C during the start (a long data scan): training installs its own handler
         exit_with("interrupted (Ctrl-C) before training started: no checkpoint was written", status=130)

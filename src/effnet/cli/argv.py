@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from effnet.errors import UserError
 
@@ -41,6 +44,18 @@ def expand_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
+def command_words(argv0: str, keep_path: bool = False) -> list[str]:
+    """How to type this command again, for a line the user copies (a resume line, the dry run's
+    `start it`): `python train.py` for an entry script (its path as typed, with `keep_path`), and
+    for an installed console script its name (`effnet-train`), or its path where that name on PATH
+    finds another program or none."""
+    path = Path(argv0)
+    if path.suffix == ".py" or not path.is_file():
+        return ["python", argv0 if keep_path else path.name]
+    found = shutil.which(path.name)
+    return [path.name if found and Path(found).resolve() == path.resolve() else argv0]
+
+
 def order_flags(args: Sequence[str], script: str) -> list[str]:
     """The arguments with Hydra's flags first and the overrides after them, so `data.root=x -m
     lr=1,2` works as `-m data.root=x lr=1,2` does (argparse takes positionals from one place
@@ -52,7 +67,9 @@ def order_flags(args: Sequence[str], script: str) -> list[str]:
     parser = get_args_parser()
 
     def error(message: str) -> None:
-        raise UserError(f"{message}; see python {script} --help (settings are key=value, e.g. lr=1e-3)")
+        raise UserError(
+            f"{message}; see {shlex.join(command_words(script))} --help (settings are key=value, e.g. lr=1e-3)"
+        )
 
     parser.error = error  # argparse would print its usage block and exit
     parsed, unknown = parser.parse_known_intermixed_args(list(args))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from effnet import run_claim
 from effnet.cli.app import VALIDATED
+from effnet.cli.argv import command_words
 from effnet.cli.validate import validate_command
 from effnet.deploy.paths import deployable_file
 from effnet.errors import UserError, exit_for, held_warnings
@@ -55,6 +56,6 @@ def export_task(cfg: DictConfig) -> None:
     def work():
         from effnet.deploy.export import export
 
-        return export(cfg, command=" ".join(["python", Path(sys.argv[0]).name, *sys.argv[1:]]))
+        return export(cfg, command=" ".join([*command_words(sys.argv[0]), *sys.argv[1:]]))
 
     _checked("export", cfg, work)

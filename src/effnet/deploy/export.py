@@ -32,7 +32,7 @@ from torch import nn
 from effnet import diskspace, files
 from effnet.checkpoints import find, read
 from effnet.data import folders
-from effnet.deploy import bundle
+from effnet.deploy import bundle, timm_folder
 from effnet.deploy.evaluate import find_run_dir, labelled_samples, score_samples, uses_saved_split
 from effnet.deploy.paths import EXPORT_FILE
 from effnet.deploy.predict import CONFIG_FILE, Predictor, batches, load_file, load_predictor
@@ -254,6 +254,13 @@ def model_card(info: dict) -> str:
     ]
     if info.get("size_reduction"):
         lines.append(f"\nint8 is {info['size_reduction']:.1f}x smaller than fp32.")
+    if "timm" in info["artefacts"]:
+        lines.append(
+            f"\n`{timm_folder.FOLDER}/` is the same network for plain timm, without effnet: "
+            f'`timm.create_model("local-dir:{info["out"]}/{timm_folder.FOLDER}", pretrained=True)`, '
+            "class names in `m.pretrained_cfg['label_names']`, preprocessing from "
+            "`timm.data.resolve_data_config({}, model=m)` (it takes normalised float input, not uint8)."
+        )
     lines += [
         "",
         f"## Accuracy on {info['eval_data']}",
@@ -394,7 +401,8 @@ def export(cfg: DictConfig, command: str = "export.py") -> dict:
                 if diskspace.no_space(exc, out) is not None:
                     raise diskspace.NoSpace("the export bundle", out, diskspace.no_space(exc, out)) from exc
                 raise UserError(f"out={cfg.out or out}: cannot be written ({exc.strerror})") from exc
-            needed = int(weights * (1.25 if cfg.quantize == "int8" else 1)) + (1 << 20)  # + labels, card
+            copies = (1.25 if cfg.quantize == "int8" else 1) + (not timm_folder.unsupported(module.net))
+            needed = int(weights * copies) + (1 << 20)  # + labels, card
             with diskspace.writing(out, "the export bundle", needed, what_is_kept(out), remove=[staging]):
                 info = build(cfg, ckpt, module, out, staging, command)
                 files.replace_folder(staging, out)
@@ -453,25 +461,34 @@ def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command
         calibration = train[: cfg.calibration.images]
         log.info("int8: calibrating on %d training images", len(calibration))
         exported.append(quantize_int8(exported[0], staging, calibration, prep, cfg.calibration.batch_size))
+    loaders = [(path, load_file) for path in exported]
+    unsupported = timm_folder.unsupported(net.net)
+    if unsupported:
+        log.warning("no %s/ folder for plain timm: %s", timm_folder.FOLDER, unsupported)
+    else:
+        folder = staging / timm_folder.FOLDER
+        timm_folder.write(net.net, module.spec.backbone, prep, classes, folder)
+        loaders.append((folder / timm_folder.WEIGHTS_FILE, lambda path: timm_folder.load(path.parent)))
 
     artefacts = {"pytorch": {"top1": eager.report["top1"], "macro_f1": eager.report["macro_f1"]}}
     predictors = {"pytorch": reference}
-    for path in exported:
-        predictor = load_file(path)
+    for path, loader in loaders:
+        predictor = loader(path)
         scored = score_samples(predictor, eager.samples, cfg.batch_size, cfg.num_workers)
         agreement = compare(eager.logits, scored.logits)
         artefacts[predictor.name] = {
             "kind": predictor.name,
-            "file": path.name,
+            "file": path.relative_to(staging).as_posix(),
             "size_mb": _mb(path),
             "top1": scored.report["top1"],
             "macro_f1": scored.report["macro_f1"],
             **agreement,
         }
-        predictors[predictor.name] = predictor
+        if predictor.name != "timm":  # the same eager PyTorch network as "pytorch": no latency of its own
+            predictors[predictor.name] = predictor
         if "int8" not in predictor.name and not verified(agreement, cfg.verify.atol):
             raise UserError(
-                f"verification failed: {out / path.name} differs from PyTorch on {agreement['images']} val images "
+                f"verification failed: {out / path.relative_to(staging)} differs from PyTorch on {agreement['images']} val images "
                 f"(max abs logit diff {agreement['max_abs_logit_diff']:.2e} > verify.atol={cfg.verify.atol}, "
                 f"same top-1 on {agreement['top1_agreement']:.1%}); {what_is_kept(out)}; try exporter=torchscript"
             )
@@ -487,15 +504,14 @@ def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command
         "parameters": sum(p.numel() for p in net.parameters()),
         "flops": count_flops(net, prep),
         "preprocessing": prep.to_json(),
-        "files": {p.name: _mb(p) for p in sorted(staging.iterdir()) if p.is_file()},
+        "files": bundle_files(staging),
         "eval_data": f"{len(eager.samples)} val images from {source}",
         "artefacts": artefacts,
         "out": str(out),
         "machine": machine(),
     }
-    sizes = [a["size_mb"] for a in artefacts.values() if "size_mb" in a]
-    if len(sizes) == 2:
-        info["size_reduction"] = sizes[0] / sizes[1]
+    if "onnx int8" in artefacts:
+        info["size_reduction"] = artefacts["onnx fp32"]["size_mb"] / artefacts["onnx int8"]["size_mb"]
     if cfg.bench.enabled:
         info["bench_repeats"] = cfg.bench.repeats
         info["latency"] = {
@@ -504,5 +520,10 @@ def build(cfg: DictConfig, ckpt: Path, module, out: Path, staging: Path, command
         }
     files.write_text(staging / "model_card.md", model_card(info))
     write_json(staging / EXPORT_FILE, info)  # last: a bundle holding export.json was verified whole
-    info["files"] = {p.name: _mb(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    info["files"] = bundle_files(staging)
     return info
+
+
+def bundle_files(folder: Path) -> dict[str, float]:
+    """Every file of the bundle (timm/'s too) by its path in it, with its size in MB."""
+    return {p.relative_to(folder).as_posix(): _mb(p) for p in sorted(folder.rglob("*")) if p.is_file()}

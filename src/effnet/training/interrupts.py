@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet import cluster, run_names
+from effnet.cli.argv import command_words
 
 log = logging.getLogger("effnet")
 
@@ -198,7 +199,7 @@ def resume_command(run_dir: Path, argv: list[str] | None = None) -> str:
     """The user's command line (a sweep job's own) with ckpt_path pointing at this run folder."""
     argv = list(argv or job_argv() or sys.argv)
     args = [a for a in argv[1:] if not a.lstrip("+").startswith("ckpt_path=")]
-    return shlex.join(["python", argv[0], *args, f"ckpt_path={run_dir}"])
+    return shlex.join([*command_words(argv[0], keep_path=True), *args, f"ckpt_path={run_dir}"])
 
 
 def exit_interrupted(stop: Interrupts, trainer, run_dir: Path, resume_epoch: int) -> None:

@@ -14,14 +14,20 @@ from torch import nn
 from effnet.errors import UserError
 
 
-def create_backbone(name: str, drop_path: float = 0.0, image_size: int | None = None) -> nn.Module:
-    """A timm model without its classifier (it returns pooled features); random weights."""
-    kwargs = {}
+def size_kwargs(name: str, image_size: int | None) -> dict:
+    """create_model's img_size for a backbone built for one input size (ViTs build their position
+    table for it); nothing for the others."""
     try:
         if image_size and timm.models.get_pretrained_cfg(name.split(".")[0]).fixed_input_size:
-            kwargs["img_size"] = image_size  # ViTs build their position table for one size
+            return {"img_size": image_size}
     except (RuntimeError, AttributeError):
         pass
+    return {}
+
+
+def create_backbone(name: str, drop_path: float = 0.0, image_size: int | None = None) -> nn.Module:
+    """A timm model without its classifier (it returns pooled features); random weights."""
+    kwargs = size_kwargs(name, image_size)
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path, **kwargs)
     except RuntimeError as exc:
