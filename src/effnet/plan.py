@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, memory, recipes
+from effnet import cluster, memory, metrics, recipes
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
 
@@ -130,8 +130,10 @@ class Records:
     the dashboards, the loggers, divergence. The composed config rides along for resolved.yaml and
     the W&B run config; nothing decides anything from it."""
 
-    monitor: str = "val/acc"  # the metric best.ckpt keeps
-    monitor_mode: str = "max"
+    monitor: str = "val/acc"  # train.monitor: best.ckpt, the best epoch, early stopping, a sweep's objective
+    monitor_mode: str = "max"  # max | min (train.monitor_mode=auto resolved)
+    early_stopping_patience: int | None = None  # None: never stop early
+    early_stopping_min_delta: float = 0.0
     samples: int = 16  # validation images in predictions.png
     divergence_patience: int | None = 3  # None: never stop on a non-finite loss
     loggers: Mapping[str, Mapping[str, Any]] = field(
@@ -497,15 +499,28 @@ def build(
         warnings=tuple(warnings) + tuple(data.warnings),
         step_memory=step_memory,
         ram_available=device.ram_available,
-        records=records(cfg),
+        records=records(cfg, len(classes)),
         resumed=resumed,
     )
 
 
-def records(cfg: DictConfig) -> Records:
+def records(cfg: DictConfig, num_classes: int | None = None) -> Records:
+    """What the run records and watches. num_classes: the data's, when known (val/acc5 is logged
+    only from metrics.TOP5_MIN_CLASSES classes on)."""
     config = OmegaConf.to_container(cfg, resolve=False)
     config.pop("hydra", None)  # the callback's config carries Hydra's own node; the job's does not
+    monitor = str(cfg.train.monitor)
+    if monitor == "val/acc5" and num_classes is not None and num_classes < metrics.TOP5_MIN_CLASSES:
+        raise UserError(
+            f"train.monitor=val/acc5: top-5 accuracy is logged only with {metrics.TOP5_MIN_CLASSES} classes or "
+            f"more, and this data has {num_classes}; monitor val/acc instead"
+        )
+    patience = cfg.train.early_stopping.patience
     return Records(
+        monitor=monitor,
+        monitor_mode=metrics.monitor_mode(monitor, str(cfg.train.monitor_mode)),
+        early_stopping_patience=None if patience is None else int(patience),
+        early_stopping_min_delta=float(cfg.train.early_stopping.min_delta),
         samples=int(cfg.dashboards.samples),
         divergence_patience=None if cfg.divergence.patience is None else int(cfg.divergence.patience),
         loggers=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.logger else {},
@@ -871,6 +886,7 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             f"mean {_floats(p.mean)}, std {_floats(p.std)}",
         ),
     ]
+    table.append(("monitor", _watching(plan.records)))
     table += [("warning", w) for w in plan.warnings]
     table.append(("start it", plan.command))
     return table
@@ -900,6 +916,17 @@ def _memory(plan: RunPlan) -> str:
         f" ({recipes.precision_kind(plan.precision)}); largest term: {terms[0][0]} {terms[0][1] / 1e9:.2f} GB"
         + (f"; then {rest} GB" if rest else "")
     )
+
+
+def _watching(records: Records) -> str:
+    """What picks the best epoch, and when the run stops early."""
+    stop = (
+        f"early stopping after {records.early_stopping_patience} epoch(s) without an improvement"
+        + (f" > {records.early_stopping_min_delta:g}" if records.early_stopping_min_delta else "")
+        if records.early_stopping_patience
+        else "no early stopping"
+    )
+    return f"{records.monitor} ({records.monitor_mode}) picks best.ckpt; {stop}"
 
 
 def _backbone_lr(plan: RunPlan) -> str:
