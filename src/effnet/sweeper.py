@@ -226,12 +226,14 @@ def objective_direction(config: DictConfig, direction: str | None) -> tuple[str,
     from effnet.metrics import monitor_mode
 
     monitor = str(OmegaConf.select(config, "train.monitor", default=MONITOR))
-    mode = monitor_mode(monitor, str(OmegaConf.select(config, "train.monitor_mode", default="auto")))
+    given = str(OmegaConf.select(config, "train.monitor_mode", default="auto"))
+    mode = monitor_mode(monitor, given)
     wanted = "maximize" if mode == "max" else "minimize"
     if direction is not None and direction != wanted:
         raise UserError(
             f"hydra.sweeper.direction={direction}, but each job returns its best {monitor}, which is "
-            f"{wanted}d (train.monitor_mode={mode}); leave hydra.sweeper.direction=null, which follows train.monitor"
+            f"{wanted}d (train.monitor_mode={given}{f': {mode}' if given == 'auto' else ''}); leave "
+            "hydra.sweeper.direction=null, which follows train.monitor"
         )
     return wanted, monitor
 
