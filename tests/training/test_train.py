@@ -295,3 +295,14 @@ def test_paths_stay_whole_on_a_narrow_console(watched):
     assert f"run folder:      {summary['run_dir']}" in lines
     assert max(len(line) for line in lines if "│" in line) <= 40, "the table fits the console"
     assert len(summary["run_dir"]) > 40, "longer than the console is wide"
+
+
+def test_a_resume_drops_the_results_rows_of_the_epochs_it_replays(tmp_path):
+    from effnet.files import write_csv
+    from effnet.training.train import note_resume
+
+    write_csv(tmp_path / "results.csv", [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)])
+    note_resume(
+        plan.Resumed(str(tmp_path / "last.ckpt"), 2, 4, 1.0), 4, tmp_path
+    )  # resumes at epoch 3 (1-based)
+    assert [int(r["epoch"]) for r in read_results(tmp_path)[1]] == [1, 2]

@@ -35,6 +35,7 @@ from effnet.start import Start
 from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import (
+    RESULTS_FILE,
     BestEpoch,
     Dashboards,
     EarlyStop,
@@ -122,8 +123,8 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
 
 
 def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
-    """Say where the run continues, warn when the schedule differs, and drop the metrics rows of
-    the epochs about to be replayed so none is logged twice."""
+    """Say where the run continues, warn when the schedule differs, and drop the metrics.csv and
+    results.csv rows of the epochs about to be replayed so none is listed twice."""
     log.info("resuming from %s at the start of epoch %d", resumed.checkpoint, resumed.next_epoch + 1)
     planned = resumed.planned_epochs
     if planned is not None and planned != epochs:  # timm restores its schedule's length
@@ -136,6 +137,9 @@ def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
             planned,
         )
     resume.trim_metrics(run_dir / "metrics.csv", resumed.next_epoch)
+    # results.csv counts epochs from 1; its rows are rewritten from the checkpoint's at the next
+    # epoch's end, and until then hold none of the epochs about to be replayed either
+    resume.trim_metrics(run_dir / RESULTS_FILE, resumed.next_epoch + 1)
 
 
 def check_trainer_keys(trainer_args: Mapping[str, Any]) -> None:
