@@ -185,6 +185,8 @@ WATCHED = [
     "model=mobilenetv3_small",
     "epochs=4",
     "trainer.limit_train_batches=2",
+    "dashboards.samples=0",  # no grid of sample images to draw
+    "data.threads=1",  # tests/test_readme.py's SMALL: threads competing for a core wait on each other
     "train.monitor=val/loss",
     "train.early_stopping.min_delta=10",  # only the first epoch counts as an improvement: a stop on cue
 ]
