@@ -186,6 +186,21 @@ def test_summary_and_rows_come_from_the_plan():
     assert table["batch plan"].startswith("micro-batch 16 x accumulate 1 x 1 device(s) = 16")
     assert table["start it"] == "python train.py data.root=/x", "the real run's command, without dry_run"
     assert "mean (0.485, 0.456, 0.406)" in table["preprocessing"]
+    assert table["monitor"] == "val/acc (max) picks best.ckpt; no early stopping"
+
+
+def test_the_plan_says_what_picks_the_best_epoch_and_when_the_run_stops_early():
+    p = build(
+        ["train.monitor=val/loss", "train.early_stopping.patience=3", "train.early_stopping.min_delta=0.01"]
+    )
+    assert (p.records.monitor, p.records.monitor_mode, p.records.early_stopping_patience) == (
+        "val/loss",
+        "min",
+        3,
+    )
+    assert dict(plan.plan_rows(p))["monitor"] == (
+        "val/loss (min) picks best.ckpt; early stopping after 3 epoch(s) without an improvement > 0.01"
+    )
 
 
 def test_resolve_reads_the_folder_and_the_backbones_own_preprocessing(flat_folder):

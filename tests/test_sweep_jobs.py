@@ -114,7 +114,7 @@ def compose_sweep(name: str):
 def test_optuna_sweep_searches_the_five_knobs_with_the_run_seed():
     cfg = compose_sweep("optuna")
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction is None  # train.monitor's
     assert sweeper.sampler.seed == cfg.seed
     assert set(sweeper.params) == {"lr", "dropout", "batch_size", "aug", "model"}
     assert sweeper.params.lr.startswith("tag(log")

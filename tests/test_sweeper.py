@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from effnet.errors import UserError
 from effnet.report import write_report
-from effnet.sweeper import parse_search_space, quoted, storage_url
+from effnet.sweeper import objective_direction, parse_search_space, quoted, storage_url
 from tests.helpers import CONF_DIR, FAST, TRAIN_PY, make_images, run_train, source_path
 
 TINY = [*FAST, "model=mobilenetv3_small"]
@@ -123,6 +123,23 @@ def test_hydra_sweeper_optuna_is_effnets_own():
     assert sweeper._target_ in Plugins.instance().class_name_to_class  # where Hydra looks for plugins
     assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner" and sweeper.storage is None
     assert sweeper.sampler.seed == 42 and sweeper.params == {} and sweeper.trial is None
+
+
+def test_the_study_direction_follows_the_monitor_each_job_returns():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        composed = {
+            monitor: compose(
+                "train", ["hydra/sweeper=optuna", f"train.monitor={monitor}"], return_hydra_config=True
+            )
+            for monitor in ("val/acc", "val/loss")
+        }
+    assert composed["val/acc"].hydra.sweeper.direction is None, "null: the monitor decides"
+    assert objective_direction(composed["val/acc"], None) == ("maximize", "val/acc")
+    assert objective_direction(composed["val/loss"], None) == ("minimize", "val/loss")
+    with pytest.raises(
+        UserError, match="hydra.sweeper.direction=maximize, but each job returns its best val/loss"
+    ):
+        objective_direction(composed["val/loss"], "maximize")
 
 
 # ---- whole sweeps through train.py, with the study in a real SQLite file

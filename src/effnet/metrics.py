@@ -11,6 +11,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The per-epoch metrics a training run logs (effnet.training.module and .callbacks), by the names
+# train.monitor takes; val/acc5 only with TOP5_MIN_CLASSES classes or more.
+LOGGED = (
+    "val/acc",
+    "val/loss",
+    "val/f1",
+    "val/acc5",
+    "train/loss_epoch",
+    "train/acc",
+    "train/images_per_sec",
+    "train/data_wait",
+)
+TOP5_MIN_CLASSES = 5  # effnet.training.module logs val/acc5 from here on
+MONITOR_MODES = ("auto", "max", "min")
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """max or min: `mode` itself, or for auto min for a loss and max for everything else."""
+    if mode != "auto":
+        return mode
+    return "min" if "loss" in monitor else "max"
+
 
 def _as_counts(confmat) -> np.ndarray:
     counts = np.asarray(confmat.detach().cpu() if hasattr(confmat, "detach") else confmat, dtype=np.int64)

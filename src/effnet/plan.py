@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from effnet import cluster, memory, recipes
+from effnet import cluster, memory, metrics, recipes
 from effnet.cli.argv import command_words
 from effnet.errors import UserError
 from effnet.preprocessing import Preprocessing
@@ -131,8 +131,10 @@ class Records:
     the dashboards, the loggers, divergence. The composed config rides along for resolved.yaml and
     the W&B run config; nothing decides anything from it."""
 
-    monitor: str = "val/acc"  # the metric best.ckpt keeps
-    monitor_mode: str = "max"
+    monitor: str = "val/acc"  # train.monitor: best.ckpt, the best epoch, early stopping, a sweep's objective
+    monitor_mode: str = "max"  # max | min (train.monitor_mode=auto resolved)
+    early_stopping_patience: int | None = None  # None: never stop early
+    early_stopping_min_delta: float = 0.0
     samples: int = 16  # validation images in predictions.png
     train_batch: int = 16  # images of the first augmented training batch in train_batches.png
     divergence_patience: int | None = 3  # None: never stop on a non-finite loss
@@ -526,16 +528,29 @@ def build(
         warnings=tuple(warnings) + tuple(data.warnings),
         step_memory=step_memory,
         ram_available=device.ram_available,
-        records=records(cfg),
+        records=records(cfg, len(classes)),
         resumed=resumed,
         lr_find=finder,
     )
 
 
-def records(cfg: DictConfig) -> Records:
+def records(cfg: DictConfig, num_classes: int | None = None) -> Records:
+    """What the run records and watches. num_classes: the data's, when known (val/acc5 is logged
+    only from metrics.TOP5_MIN_CLASSES classes on)."""
     config = OmegaConf.to_container(cfg, resolve=False)
     config.pop("hydra", None)  # the callback's config carries Hydra's own node; the job's does not
+    monitor = str(cfg.train.monitor)
+    if monitor == "val/acc5" and num_classes is not None and num_classes < metrics.TOP5_MIN_CLASSES:
+        raise UserError(
+            f"train.monitor=val/acc5: top-5 accuracy is logged only with {metrics.TOP5_MIN_CLASSES} classes or "
+            f"more, and this data has {num_classes}; monitor val/acc instead"
+        )
+    patience = cfg.train.early_stopping.patience
     return Records(
+        monitor=monitor,
+        monitor_mode=metrics.monitor_mode(monitor, str(cfg.train.monitor_mode)),
+        early_stopping_patience=None if patience is None else int(patience),
+        early_stopping_min_delta=float(cfg.train.early_stopping.min_delta),
         samples=int(cfg.dashboards.samples),
         train_batch=int(cfg.dashboards.train_batch),
         divergence_patience=None if cfg.divergence.patience is None else int(cfg.divergence.patience),
@@ -903,6 +918,7 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             f"mean {_floats(p.mean)}, std {_floats(p.std)}",
         ),
     ]
+    table.append(("monitor", _watching(plan.records)))
     table += [("warning", w) for w in plan.warnings]
     table.append(("start it", plan.command))
     return table
@@ -944,6 +960,17 @@ def _lr(plan: RunPlan) -> str:
         f"find (the finder runs on a real start): the head's lr from {finder.min_lr:g} to "
         f"{finder.max_lr:g} over {finder.steps} steps{follows}; nothing is trained"
     )
+
+
+def _watching(records: Records) -> str:
+    """What picks the best epoch, and when the run stops early."""
+    stop = (
+        f"early stopping after {records.early_stopping_patience} epoch(s) without an improvement"
+        + (f" > {records.early_stopping_min_delta:g}" if records.early_stopping_min_delta else "")
+        if records.early_stopping_patience
+        else "no early stopping"
+    )
+    return f"{records.monitor} ({records.monitor_mode}) picks best.ckpt; {stop}"
 
 
 def _backbone_lr(plan: RunPlan) -> str:

@@ -13,7 +13,10 @@ holds trial <n>.
   trials (complete, pruned or failed). Trials a killed sweep left running are recorded as failed
   and count among them; the sampler is seeded with `seed` + the number of trials already in the
   study, so a resumed sweep does not propose its first trials again.
-- Pruning: each job reports its per-epoch val top-1 to its trial (effnet.training.pruning), and
+- Objective: each job returns the best value of its train.monitor (val top-1 by default); the
+  study's direction follows train.monitor_mode (objective_direction), so a sweep minimises
+  train.monitor=val/loss without being told.
+- Pruning: each job reports its per-epoch train.monitor to its trial (effnet.training.pruning), and
   stops early when the pruner says so; the sweeper records that trial as pruned, not failed.
   A job finds its trial through `hydra.sweeper.trial` and `hydra.sweeper.storage`, which the
   sweeper adds to each job's overrides (`job_trial`).
@@ -51,7 +54,9 @@ log = logging.getLogger("effnet")
 
 DB_FILE = "optuna.db"  # the default storage, in the sweep folder
 RESULTS_FILE = "optimization_results.yaml"
-MONITOR = "val/acc"  # what each job reports per epoch and returns at the end (its best)
+MONITOR = (
+    "val/acc"  # train.monitor's default: what each job reports per epoch and returns at the end (its best)
+)
 ERROR_ATTR = "effnet_error"  # user attribute of a failed trial: why
 
 
@@ -214,6 +219,25 @@ def build(cfg: DictConfig | dict | None, default: Any, **changes) -> Any:
         raise UserError(f"hydra.sweeper: cannot build {OmegaConf.select(cfg, '_target_')}: {exc}") from exc
 
 
+def objective_direction(config: DictConfig, direction: str | None) -> tuple[str, str]:
+    """(the study's direction, the metric it is about): what every job returns is its best
+    train.monitor, so the direction is train.monitor_mode's. A hydra.sweeper.direction that says
+    otherwise would search for the worst runs: one line."""
+    from effnet.metrics import monitor_mode
+
+    monitor = str(OmegaConf.select(config, "train.monitor", default=MONITOR))
+    given = str(OmegaConf.select(config, "train.monitor_mode", default="auto"))
+    mode = monitor_mode(monitor, given)
+    wanted = "maximize" if mode == "max" else "minimize"
+    if direction is not None and direction != wanted:
+        raise UserError(
+            f"hydra.sweeper.direction={direction}, but each job returns its best {monitor}, which is "
+            f"{wanted}d (train.monitor_mode={given}{f': {mode}' if given == 'auto' else ''}); leave "
+            "hydra.sweeper.direction=null, which follows train.monitor"
+        )
+    return wanted, monitor
+
+
 # ----------------------------------------------------------------------------------------------
 # The job's side: which trial it trains
 
@@ -305,7 +329,7 @@ class OptunaSweeper(Sweeper):
 
     def __init__(
         self,
-        direction: str = "maximize",
+        direction: str | None = None,  # None: train.monitor_mode's (objective_direction)
         study_name: str = "effnet",
         storage: str | None = None,
         n_trials: int = 20,
@@ -317,7 +341,8 @@ class OptunaSweeper(Sweeper):
         trial: int | None = None,  # each job's own (job_trial); the sweeper does not use it
     ) -> None:
         super().__init__()
-        self.direction = str(direction)
+        self.direction = None if direction is None else str(direction)
+        self.monitor = MONITOR
         self.study_name = str(study_name)
         self.storage = storage
         self.n_trials = n_trials
@@ -338,8 +363,12 @@ class OptunaSweeper(Sweeper):
         )
 
     def _check(self) -> None:
-        if self.direction not in ("maximize", "minimize"):
-            raise UserError(f"hydra.sweeper.direction={self.direction}: choose maximize or minimize")
+        if self.direction not in ("maximize", "minimize", None):
+            raise UserError(
+                f"hydra.sweeper.direction={self.direction}: choose maximize, minimize or null (train.monitor's)"
+            )
+        assert self.config is not None
+        self.direction, self.monitor = objective_direction(self.config, self.direction)
         for key in ("n_trials", "n_jobs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -464,8 +493,7 @@ class OptunaSweeper(Sweeper):
         if failures and len(failures) / len(trials) > self.max_failure_rate:
             raise failures[0]
 
-    @staticmethod
-    def _tell(study, trial, ret: JobReturn) -> BaseException | None:
+    def _tell(self, study, trial, ret: JobReturn) -> BaseException | None:
         """Record one job's end in the study; returns its error when it failed."""
         from optuna.trial import TrialState
 
@@ -475,7 +503,7 @@ class OptunaSweeper(Sweeper):
         state, value, error = job_outcome(ret)
         if state == "complete":
             study.tell(trial, value, skip_if_finished=True)
-            log.info("trial %d: %s %.4f", trial.number, MONITOR, value)
+            log.info("trial %d: %s %.4f", trial.number, self.monitor, value)
             return None
         if state == "pruned":
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
@@ -499,6 +527,7 @@ class OptunaSweeper(Sweeper):
             "study_name": self.study_name,
             "storage": shown(url),
             "direction": self.direction,
+            "monitor": self.monitor,
             "best_trial": best.number if best else None,
             "best_params": dict(best.params) if best else None,
             "best_value": best.value if best else None,
@@ -509,7 +538,7 @@ class OptunaSweeper(Sweeper):
         if not final:
             return
         if best is not None:
-            log.info("best: trial %d, %s %.4f, %s", best.number, MONITOR, best.value, best.params)
+            log.info("best: trial %d, %s %.4f, %s", best.number, self.monitor, best.value, best.params)
             return
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if failed:

@@ -51,12 +51,12 @@ UNKNOWN = [
     (
         "train",
         ["data=demo", "+callbacks.early_stopping.patience=3"],
-        "+callbacks.early_stopping.patience=3: no such key; nearest: divergence.patience",
+        "+callbacks.early_stopping.patience=3: no such key; nearest: train.early_stopping.patience",
     ),
     (
         "train",
         ["data=demo", "+callbacks.early_stopping.patience=3", "dry_run=true"],
-        "+callbacks.early_stopping.patience=3: no such key; nearest: divergence.patience",
+        "+callbacks.early_stopping.patience=3: no such key; nearest: train.early_stopping.patience",
     ),
     ("train", ["data=demo", "+lrr=1e-3"], "+lrr=1e-3: no such key; nearest: lr"),
     ("train", ["data=demo", "++epoch=3"], "++epoch=3: no such key; nearest: epochs"),
@@ -285,9 +285,13 @@ def test_comments_are_read_from_the_lines_and_the_block_above():
 
 
 def test_nearest_prefers_the_whole_key_then_its_last_part():
-    known = ["lr", "model.pretrained", "divergence.patience", "data.root"]
+    known = ["lr", "model.pretrained", "divergence.patience", "train.early_stopping.patience", "data.root"]
     assert schema.nearest("model.pretraind", known)[0] == "model.pretrained"
-    assert schema.nearest("callbacks.early_stopping.patience", known) == ["divergence.patience"]
+    assert schema.nearest("callbacks.early_stopping.patience", known) == ["train.early_stopping.patience"]
+    assert schema.nearest("callbacks.wait.patience", known) == [
+        "divergence.patience",
+        "train.early_stopping.patience",
+    ]
     assert len(schema.nearest("zzz", known)) == 1
 
 

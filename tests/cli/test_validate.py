@@ -93,6 +93,13 @@ def test_loggers_combine():
             "model.preprocessing.interpolation=cubic",
             "model.preprocessing.interpolation=cubic: must be one of: bicubic",
         ),
+        (
+            "train.monitor=val/accuracy",
+            "train.monitor=val/accuracy: must be one of the metrics effnet logs: val/acc, val/loss, val/f1",
+        ),
+        ("train.monitor_mode=maximum", "train.monitor_mode=maximum: must be one of: auto, max, min"),
+        ("train.early_stopping.patience=0", "train.early_stopping.patience=0: must be an integer >= 1"),
+        ("train.early_stopping.min_delta=-1", "train.early_stopping.min_delta=-1: must be a number >= 0"),
     ],
 )
 def test_bad_values_are_rejected_in_process(override, message, flat_folder):
@@ -100,3 +107,26 @@ def test_bad_values_are_rejected_in_process(override, message, flat_folder):
     with pytest.raises(UserError) as err:
         validate(cfg)
     assert message in str(err.value)
+
+
+def test_the_monitor_resolves_its_mode_and_top5_needs_five_classes():
+    from effnet.plan import records
+
+    cfg = compose_cfg([])
+
+    def watched(monitor: str, mode: str = "auto", classes: int | None = None):
+        cfg.train.monitor, cfg.train.monitor_mode = monitor, mode
+        return records(cfg, classes)
+
+    assert [watched(m).monitor_mode for m in ("val/loss", "train/loss_epoch", "val/f1", "val/acc")] == [
+        "min",
+        "min",
+        "max",
+        "max",
+    ]
+    assert watched("val/loss", "max").monitor_mode == "max"
+    assert watched("val/acc5", classes=5).monitor == "val/acc5"
+    with pytest.raises(
+        UserError, match="top-5 accuracy is logged only with 5 classes or more, and this data has 3"
+    ):
+        watched("val/acc5", classes=3)

@@ -1,3 +1,4 @@
+import logging
 import time
 from types import SimpleNamespace
 
@@ -6,7 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet.training.callbacks import BATCH_FILE, BatchPreview, FreezeBackbone, Throughput
+from effnet.training.callbacks import (
+    BATCH_FILE,
+    BatchPreview,
+    BestEpoch,
+    EarlyStop,
+    FreezeBackbone,
+    Throughput,
+    group_lrs,
+    results_rows,
+)
 from effnet.training.module import ClassifierModule
 from tests.helpers import module_sections
 
@@ -65,6 +75,111 @@ def test_data_wait_is_the_share_of_step_time_spent_waiting_for_the_loader(load_s
     wait = throughput.typical_wait
     assert (wait > 0.8) if slow == "loader" else (wait < 0.2), wait
     assert len(throughput.per_epoch) == 2 and throughput.typical > 0
+
+
+def _epoch(trainer_epoch: int, **metrics) -> SimpleNamespace:
+    """What BestEpoch reads of a trainer at an epoch's end."""
+    values = {k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()}
+    return SimpleNamespace(current_epoch=trainer_epoch, callback_metrics=values, sanity_checking=False)
+
+
+def test_best_epoch_follows_the_monitor_and_its_mode():
+    losses, accs = [0.9, 0.5, 0.7], [0.6, 0.6, 0.8]
+    by_loss, by_acc = BestEpoch("val/loss", "min"), BestEpoch()
+    for epoch, (loss, acc) in enumerate(zip(losses, accs, strict=True)):
+        for callback in (by_loss, by_acc):
+            callback.on_train_epoch_end(_epoch(epoch, val__loss=loss, val__acc=acc), None)
+    assert by_loss.best == (1, 0.5), "the smallest loss"
+    assert by_acc.best == (2, pytest.approx(0.8)), "the largest top-1"
+    # a resume that changed train.monitor does not rank val/acc values as losses
+    changed = BestEpoch("val/loss", "min")
+    changed.load_state_dict(by_acc.state_dict())
+    assert changed.best == (None, None)
+    kept = BestEpoch("val/loss", "min")
+    kept.load_state_dict(by_loss.state_dict())
+    assert kept.best == (1, 0.5)
+
+
+class _Scored(_Model):
+    """Logs val/acc from a fixed list, one value per epoch."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__(0.0)
+        self.scores = scores
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/acc", self.scores[self.current_epoch])
+
+
+def test_early_stopping_stops_when_patience_runs_out_and_says_so(caplog):
+    stop = EarlyStop("val/acc", "max", patience=2)
+    trainer = L.Trainer(
+        max_epochs=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[stop],
+    )
+    loader = torch.utils.data.DataLoader(_Sleepy(0.0), batch_size=4)
+    with caplog.at_level(logging.INFO, logger="effnet"):
+        trainer.fit(_Scored([0.5, 0.7, 0.6, 0.65, 0.9, 0.9]), loader, loader)
+    line = "early stopping after epoch 4: val/acc has not improved on 0.7000 (epoch 2) for 2 epochs"
+    assert stop.stopped == line and line in caplog.messages
+    assert trainer.current_epoch == 4, "epochs 5 and 6 never ran"
+    # the state a checkpoint carries comes back, but the resumed command's patience wins
+    resumed = EarlyStop("val/acc", "max", patience=5)
+    resumed.load_state_dict(stop.state_dict())
+    assert (resumed.wait_count, float(resumed.best_score), resumed.patience) == (2, pytest.approx(0.7), 5)
+
+
+def test_results_rows_name_each_column_and_show_top5_only_past_five_classes():
+    history = [
+        {"epoch": 2, "val/acc": 0.5, "val/acc5": 0.9, "lrs": {"lr_head": 1e-3, "lr_backbone": 4e-4}},
+        {
+            "epoch": 1,
+            "val/acc": 0.25,
+            "val/acc5": 0.8,
+            "wall_time_s": 3.0,
+            "lrs": {"lr_head": 2e-3, "lr_backbone": 8e-4},
+        },
+    ]
+    rows, fields = results_rows(history, num_classes=6)
+    assert fields == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "val_f1",
+        "lr_head",
+        "lr_backbone",
+        "train_images_per_sec",
+        "data_wait_fraction",
+        "wall_time_s",
+    ]
+    assert [(r["epoch"], r["val_top1"], r["val_top5"], r["lr_backbone"]) for r in rows] == [
+        (1, 0.25, 0.8, 8e-4),
+        (2, 0.5, 0.9, 4e-4),
+    ]
+    assert "val_top5" not in results_rows(history, num_classes=5)[1], "with 5 classes top-5 is always 1"
+
+
+def test_group_lrs_names_the_backbone_and_head_groups_the_module_builds():
+    from timm.scheduler import create_scheduler_v2
+
+    module = ClassifierModule(**module_sections(optimisation={"backbone_lr_scale": 0.4}))
+    optimizer = torch.optim.AdamW(module.param_groups(module.net), lr=1e-3)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=2, warmup_epochs=0)
+    scheduler.step(0)  # timm applies each group's lr_scale
+    lrs = group_lrs(optimizer.param_groups)
+    assert lrs == {"lr_head": pytest.approx(1e-3), "lr_backbone": pytest.approx(4e-4)}
+    assert group_lrs(torch.optim.AdamW(module.net.parameters(), lr=1e-3).param_groups) == {"lr": 1e-3}
 
 
 class _Images(torch.utils.data.Dataset):

@@ -1,6 +1,7 @@
 """Real training runs on tiny synthetic folders: what a run writes, resume, precision, options, DDP."""
 
 import csv
+import io
 import json
 import logging
 
@@ -156,6 +157,9 @@ def test_ddp_two_processes_through_train_py(tmp_path):
     assert summary["epochs_completed"] == 2
     logs = sorted(p.name for p in run_dir.glob("*.log"))
     assert logs == ["train.log"], "only rank 0 writes a log"
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 2/2  train/loss_epoch" in log and "effnet run" in log, "the epoch lines and the table"
+    assert f"best checkpoint: {summary['best_checkpoint']}" in log.splitlines()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert len(list(run_dir.rglob("*.ckpt"))) == 2  # best + last, once
     # every val image counted once across both processes: no padding repeats in the metrics
@@ -172,3 +176,135 @@ def test_csv_tensorboard_and_offline_wandb_write_into_the_run_folder(flat_folder
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+# ---- train.monitor, early stopping and the records a person reads: one train.py run, then its resume
+
+WATCHED = [
+    *FAST,
+    "model=mobilenetv3_small",
+    "epochs=4",
+    "trainer.limit_train_batches=2",
+    "dashboards.samples=0",  # no grid of sample images to draw
+    "data.threads=1",  # tests/test_readme.py's SMALL: threads competing for a core wait on each other
+    "train.monitor=val/loss",
+    "train.early_stopping.min_delta=10",  # only the first epoch counts as an improvement: a stop on cue
+]
+
+
+def read_results(run_dir) -> tuple[list[str], list[dict]]:
+    with open(run_dir / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory) -> dict:
+    """A run stopped early after epoch 2 (patience 1) on a 40-column console, what it logged (the
+    lines Hydra's handlers print and write to train.log); then, after a kill that left results.csv
+    one row ahead of last.ckpt, the same run resumed with patience 2."""
+    base = tmp_path_factory.mktemp("watched")
+    data = make_images(base / "data", {"ant": 8, "bee": 8, "wasp": 8})
+    args = [f"data.root={data}", *WATCHED]
+    run_dir = base / "run"
+    logged = io.StringIO()
+    handler, effnet_log = logging.StreamHandler(logged), logging.getLogger("effnet")
+    level = effnet_log.level
+    effnet_log.addHandler(handler)
+    effnet_log.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("COLUMNS", "40")
+            summary = start_and_run(compose_cfg([*args, "train.early_stopping.patience=1"]), run_dir)
+    finally:
+        effnet_log.removeHandler(handler)
+        effnet_log.setLevel(level)
+    first = {"log": logged.getvalue(), "summary": summary, "results": read_results(run_dir)}
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    with open(run_dir / "results.csv", "a", newline="") as f:
+        f.write("3" + ",-1" * (len(first["results"][0]) - 1) + "\r\n")
+    resumed = start_and_run(
+        compose_cfg([*args, "train.early_stopping.patience=2", f"ckpt_path={run_dir}"]), run_dir
+    )
+    return {"run_dir": run_dir, "first": first, "resumed": resumed, "results": read_results(run_dir)}
+
+
+def test_monitor_val_loss_keeps_the_lowest_loss_epoch(watched):
+    summary, (_, rows) = watched["first"]["summary"], watched["first"]["results"]
+    losses = {int(r["epoch"]): float(r["val_loss"]) for r in rows}
+    lowest = min(losses, key=losses.get)
+    assert (summary["monitor"], summary["monitor_mode"], summary["best_epoch"]) == ("val/loss", "min", lowest)
+    assert summary["best_monitor_value"] == pytest.approx(losses[lowest], rel=1e-5)
+    assert summary["best_val_acc"] == pytest.approx(float(rows[lowest - 1]["val_top1"]), rel=1e-5)
+    best = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu", mmap=True)
+    assert best["epoch"] == lowest - 1, "best.ckpt holds the lowest-loss epoch"
+
+
+def test_early_stopping_stops_the_run_and_names_the_epoch_and_the_best_value(watched):
+    first = watched["first"]
+    best = float(first["results"][1][0]["val_loss"])
+    line = f"early stopping after epoch 2: val/loss has not improved on {best:.4f} (epoch 1) for 1 epoch"
+    assert first["summary"]["epochs_completed"] == 2 and first["summary"]["stopped_early"] == line
+    assert line in first["log"].splitlines()
+
+
+def test_a_resumed_run_keeps_its_early_stopping_state_and_lists_each_epoch_once(watched):
+    best = float(watched["first"]["results"][1][0]["val_loss"])
+    assert watched["resumed"]["stopped_early"] == (
+        f"early stopping after epoch 3: val/loss has not improved on {best:.4f} (epoch 1) for 2 epochs"
+    ), "the wait and the best value came back with the checkpoint; the new patience applies"
+    _, rows = watched["results"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["val_loss"]) > 0, "the killed run's row of epoch 3 is replaced"
+    assert rows[:2] == watched["first"]["results"][1]
+    times = [float(r["wall_time_s"]) for r in rows]
+    assert times == sorted(times) and times[0] > 0, "wall time adds up across the resume"
+
+
+def test_results_csv_has_one_named_column_per_value(watched):
+    fields, rows = watched["first"]["results"]
+    assert fields == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_top1",
+        "val_f1",
+        "lr",  # one group: a backbone from scratch trains at the head's lr
+        "train_images_per_sec",
+        "data_wait_fraction",
+        "wall_time_s",
+    ], "3 classes: no val_top5"
+    assert all(r[f] != "" for r in rows for f in fields)
+    assert float(rows[0]["lr"]) > float(rows[1]["lr"]) > 0, "the cosine schedule's lr at each epoch's end"
+
+
+def test_the_log_has_the_epoch_lines_and_the_final_table(watched):
+    log = watched["first"]["log"]
+    for expected in (
+        "epoch 1/4  train/loss_epoch",
+        "epoch 2/4  train/loss_epoch",
+        "effnet run",
+        "best val/loss",
+    ):
+        assert expected in log, expected
+    assert "…" not in log, "no cell of the table is cut short"
+
+
+def test_paths_stay_whole_on_a_narrow_console(watched):
+    summary = watched["first"]["summary"]
+    lines = watched["first"]["log"].splitlines()
+    assert f"best checkpoint: {summary['best_checkpoint']}" in lines
+    assert f"run folder:      {summary['run_dir']}" in lines
+    assert max(len(line) for line in lines if "│" in line) <= 40, "the table fits the console"
+    assert len(summary["run_dir"]) > 40, "longer than the console is wide"
+
+
+def test_a_resume_drops_the_results_rows_of_the_epochs_it_replays(tmp_path):
+    from effnet.files import write_csv
+    from effnet.training.train import note_resume
+
+    write_csv(tmp_path / "results.csv", [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)])
+    note_resume(
+        plan.Resumed(str(tmp_path / "last.ckpt"), 2, 4, 1.0), 4, tmp_path
+    )  # resumes at epoch 3 (1-based)
+    assert [int(r["epoch"]) for r in read_results(tmp_path)[1]] == [1, 2]

@@ -163,7 +163,8 @@ def job_pruned(hydra_cfg: DictConfig, why: str) -> NoReturn:
 
 
 def train_task(cfg: DictConfig) -> float | None:
-    """One job; returns the best val top-1, which sweepers such as Optuna's maximise."""
+    """One job; returns the best value of train.monitor, which sweepers such as Optuna's optimise
+    (in the direction train.monitor_mode gives: effnet.sweeper.objective_direction)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir).absolute()
@@ -182,9 +183,11 @@ def train_task(cfg: DictConfig) -> float | None:
         from effnet.training.train import train  # the heavy imports start here
 
         summary = train(begun, trial=sweeper.job_trial(hydra_cfg))  # a trial of effnet's Optuna sweeper
-        best = summary["best_val_acc"]
+        best = summary["best_monitor_value"]
         if best is None and multirun:
-            raise UserError("no val/acc was recorded (validation never ran), so this job cannot be ranked")
+            raise UserError(
+                f"no {summary['monitor']} was recorded (validation never ran), so this job cannot be ranked"
+            )
     except Exception as exc:
         if multirun:
             job_failed(cfg, hydra_cfg, exc)

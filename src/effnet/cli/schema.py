@@ -149,7 +149,7 @@ def settable(key: str) -> bool:
 
 def nearest(key: str, known: Iterable[str], n: int = 3) -> list[str]:
     """The known keys closest to `key`: by the whole dotted key, else by its last part
-    (+callbacks.early_stopping.patience: divergence.patience), else the closest at all."""
+    (+callbacks.wait.patience: divergence.patience, train.early_stopping.patience), else the closest at all."""
     known = sorted(known)
     close = difflib.get_close_matches(key, known, n=n, cutoff=0.6)
     if not close:

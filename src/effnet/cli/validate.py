@@ -23,6 +23,7 @@ from effnet.data import folders
 from effnet.data.scan import BAD_IMAGE_POLICIES, BALANCES
 from effnet.deploy.paths import PREPROCESSING_FILE, expand_inputs, model_file
 from effnet.errors import UserError
+from effnet.metrics import LOGGED, MONITOR_MODES
 from effnet.recipes import AUG_LEVELS, CACHE_MODES, LR_FIND_MIN_STEPS
 
 PRECISIONS = (
@@ -182,6 +183,15 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ),
     ("sweep.fail_fast", one_of(True, False), "true or false", False),
     ("divergence.patience", int_at_least(1), "an integer >= 1, or null (never stop)", True),
+    ("train.monitor", one_of(*LOGGED), "one of the metrics effnet logs: " + ", ".join(LOGGED), False),
+    ("train.monitor_mode", one_of(*MONITOR_MODES), "one of: " + ", ".join(MONITOR_MODES), False),
+    (
+        "train.early_stopping.patience",
+        int_at_least(1),
+        "an integer >= 1 (epochs without improvement), or null (never stop early)",
+        True,
+    ),
+    ("train.early_stopping.min_delta", lambda v: _is_number(v) and v >= 0, "a number >= 0", False),
 ]
 
 # the data_size rows hold numbers: `find` is for the command line's lr alone

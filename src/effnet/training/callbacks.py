@@ -3,6 +3,7 @@ and the dashboards (curves, confusion matrix, sample predictions) on disk and in
 
 from __future__ import annotations
 
+import logging
 import platform
 import statistics
 import sys
@@ -10,13 +11,16 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.callbacks import BaseFinetuning, Callback, EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.callbacks.progress import ProgressBar
 
 from effnet.files import write_csv
-from effnet.metrics import per_class
+from effnet.metrics import TOP5_MIN_CLASSES, per_class
 from effnet.plots import batch_png, confusion_matrix_png, curves_png, prediction_order, predictions_png
 from effnet.training.loggers import publish
+
+log = logging.getLogger("effnet")
 
 
 class FreezeBackbone(Callback):
@@ -105,8 +109,35 @@ def _fmt(metrics: dict, keys: tuple[str, ...]) -> str:
     return "  ".join(f"{k} {float(metrics[k]):.4g}" for k in keys if k in metrics)
 
 
+# The values of an epoch's line, in the console and in train.log (LogEpochs).
+EPOCH_KEYS = (
+    "train/loss_epoch",
+    "val/loss",
+    "val/acc",
+    "val/acc5",
+    "train/images_per_sec",
+    "train/data_wait",
+)
+
+
+def epoch_line(trainer: L.Trainer) -> str:
+    return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + _fmt(
+        trainer.callback_metrics, EPOCH_KEYS
+    )
+
+
+class LogEpochs(Callback):
+    """One line per epoch through the "effnet" logger: the console and the run's train.log (Hydra's
+    handlers) show the same lines, under a rich progress bar as under plain progress."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            log.info(epoch_line(trainer))
+
+
 class PlainProgress(ProgressBar):
-    """Progress for logs and pipes: a line every `every_s` seconds and one per epoch, no redraws."""
+    """Progress for logs and pipes: a line every `every_s` seconds, no redraws; through the "effnet"
+    logger, so train.log holds them too (the epoch's own line is LogEpochs')."""
 
     def __init__(self, every_s: float = 30.0) -> None:
         super().__init__()
@@ -121,7 +152,7 @@ class PlainProgress(ProgressBar):
 
     def _print(self, text: str) -> None:
         if self._enabled:
-            print(text, flush=True)
+            log.info(text)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = time.monotonic()
@@ -136,23 +167,6 @@ class PlainProgress(ProgressBar):
                 + _fmt(metrics, ("train/loss_step", "img_s", "data_wait"))
             )
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = trainer.callback_metrics
-        self._print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-            + _fmt(
-                metrics,
-                (
-                    "train/loss_epoch",
-                    "val/loss",
-                    "val/acc",
-                    "val/acc5",
-                    "train/images_per_sec",
-                    "train/data_wait",
-                ),
-            )
-        )
-
 
 def progress_bar() -> ProgressBar:
     """A rich bar on a terminal; plain periodic lines when output goes to a file or pipe."""
@@ -164,10 +178,12 @@ def progress_bar() -> ProgressBar:
 
 
 class BestEpoch(Callback):
-    """Remembers each epoch's val top-1 (resumes with the checkpoint) to name the best epoch."""
+    """Remembers each epoch's `monitor` (resumes with the checkpoint) to name the best epoch: the
+    largest value (mode max) or the smallest (min), the earliest of equals, as best.ckpt keeps it."""
 
-    def __init__(self, monitor: str = "val/acc") -> None:
+    def __init__(self, monitor: str = "val/acc", mode: str = "max") -> None:
         self.monitor = monitor
+        self.mode = mode
         self.history: dict[int, float] = {}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -176,15 +192,22 @@ class BestEpoch(Callback):
 
     @property
     def best(self) -> tuple[int | None, float | None]:
+        """(0-based epoch, value) of the best epoch so far; (None, None) before the first."""
         if not self.history:
             return None, None
-        epoch = max(self.history, key=lambda e: self.history[e])
+        pick = max if self.mode == "max" else min
+        epoch = pick(self.history, key=lambda e: self.history[e])
         return epoch, self.history[epoch]
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.history, "monitor": self.monitor}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # a checkpoint from before the monitor was recorded watched val/acc; another metric's
+        # values cannot be ranked with this one's, so a resume that changed train.monitor starts afresh
+        if state_dict.get("monitor", "val/acc") != self.monitor:
+            self.history = {}
+            return
         self.history = {int(k): v for k, v in state_dict["history"].items()}
 
 
@@ -245,8 +268,96 @@ class BatchPreview(Callback):
         publish(trainer.loggers, trainer.global_step, images={"train/batch": self.path})
 
 
+class EarlyStop(EarlyStopping):
+    """Lightning's EarlyStopping (its state, in every checkpoint, resumes with the run), saying in
+    one line when and why it stopped. The command line's patience wins over a resumed checkpoint's."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta, verbose=False)
+        self.stopped: str | None = None  # the line, once it stopped the run
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._say(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._say(trainer)
+
+    def _say(self, trainer: L.Trainer) -> None:
+        if self.stopped is not None or not trainer.should_stop or self.stopped_epoch != trainer.current_epoch:
+            return
+        if self.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            best_epoch = trainer.current_epoch - self.wait_count + 1  # 1-based: the last improvement
+            self.stopped = (
+                f"early stopping after epoch {trainer.current_epoch + 1}: {self.monitor} has not improved on "
+                f"{float(self.best_score):.4f} (epoch {best_epoch}) for {self.wait_count} "
+                + ("epoch" if self.wait_count == 1 else "epochs")
+            )
+        elif self.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC:
+            self.stopped = (
+                f"early stopping after epoch {trainer.current_epoch + 1}: {self.monitor} is "
+                f"{float(trainer.callback_metrics[self.monitor]):.4f}"
+            )
+        else:
+            return
+        if trainer.is_global_zero:
+            log.info(self.stopped)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 # Per-epoch values drawn in curves.png and kept (with the epoch and lr) in Dashboards.history.
 CURVE_KEYS = ("train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc5", "val/f1")
+# Dashboards.history's other per-epoch values (Throughput logs them), for results.csv.
+SPEED_KEYS = ("train/images_per_sec", "train/data_wait")
+RESULTS_FILE = "results.csv"
+
+
+def group_lrs(param_groups: list[dict]) -> dict[str, float]:
+    """The learning rate of each kind of parameter group, named for results.csv: lr_head and
+    lr_backbone where the module trains the backbone at its own scale (ClassifierModule.param_groups
+    marks the backbone's groups with timm's lr_scale), else one lr."""
+    backbone = [g for g in param_groups if "lr_scale" in g]
+    head = [g for g in param_groups if "lr_scale" not in g]
+    if not backbone or not head:
+        return {"lr": float(param_groups[0]["lr"])} if param_groups else {}
+    return {"lr_head": float(head[0]["lr"]), "lr_backbone": float(backbone[0]["lr"])}
+
+
+def results_rows(history: list[dict], num_classes: int) -> tuple[list[dict], list[str]]:
+    """Dashboards.history as results.csv: one row per epoch, named columns a person reads, val
+    top-5 only where it says something (more than TOP5_MIN_CLASSES classes: with 5, every label is
+    in the top 5)."""
+    columns = [
+        ("epoch", "epoch"),
+        ("train_loss", "train/loss_epoch"),
+        ("val_loss", "val/loss"),
+        ("val_top1", "val/acc"),
+        *([("val_top5", "val/acc5")] if num_classes > TOP5_MIN_CLASSES else []),
+        ("val_f1", "val/f1"),
+    ]
+    lr_keys = [k for k in ("lr", "lr_head", "lr_backbone") if any(k in row.get("lrs", {}) for row in history)]
+    rest = [
+        ("train_images_per_sec", "train/images_per_sec"),
+        ("data_wait_fraction", "train/data_wait"),
+        ("wall_time_s", "wall_time_s"),
+    ]
+    fields = [name for name, _ in columns] + lr_keys + [name for name, _ in rest]
+    rows = []
+    for row in sorted(history, key=lambda r: r["epoch"]):
+        out = {name: _rounded(row.get(key)) for name, key in columns + rest}
+        out.update({k: _rounded(row.get("lrs", {}).get(k)) for k in lr_keys})
+        rows.append(out)
+    return rows, fields
+
+
+def _rounded(value):
+    """Six significant digits: a learning rate of 4.3e-05 keeps its digits, a loss its noise out."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
 def model_facts(pl_module: L.LightningModule) -> dict:
@@ -283,7 +394,10 @@ def system_facts(trainer: L.Trainer) -> dict:
 class Dashboards(Callback):
     """The pictures a run is judged by, written to the run folder and sent to every logger (rank 0).
 
-    Every epoch: the epoch's losses, accuracies and lr go to curves.png. At each new best epoch (as
+    Every epoch: the epoch's losses, accuracies and lr go to curves.png, and with the learning rate
+    of each parameter group, the throughput and the wall time to results.csv (rewritten from the
+    history, which resumes with the checkpoint: a resumed run's replayed epochs are not listed twice).
+    At each new best epoch (as
     BestEpoch, listed before this callback, names it; the epoch best.ckpt comes from):
     confusion_matrix.png from the module's torchmetrics matrix (already reduced over all
     processes), per_class.csv, and predictions.png, a grid of `samples` validation images with the
@@ -296,16 +410,25 @@ class Dashboards(Callback):
         self.classes = list(classes)
         self.best = best
         self.samples = samples
-        self.history: list[dict] = []  # one row per epoch: CURVE_KEYS, epoch (1-based) and lr
+        # one row per epoch: CURVE_KEYS, SPEED_KEYS, epoch (1-based), lr, lrs (group_lrs), wall_time_s
+        self.history: list[dict] = []
         self.facts: dict = {}
         self._kept: list[tuple] = []  # (true, pred, confidence, uint8 CHW image)
+        self._started = time.perf_counter()
+        self._before = 0.0  # the wall time of the epochs a resumed run already has
+
+    @property
+    def best_row(self) -> dict:
+        """The history's row of the best epoch (the one best.ckpt holds); {} before the first."""
+        epoch = self.best.best[0]
+        return next((r for r in self.history if epoch is not None and r["epoch"] == epoch + 1), {})
 
     @property
     def summary(self) -> dict:
         """Fields for summary.json."""
-        epoch = self.best.best[0]
-        row = next((r for r in self.history if epoch is not None and r["epoch"] == epoch + 1), {})
+        row = self.best_row
         return {
+            "best_val_acc": row.get("val/acc"),
             "best_val_f1": row.get("val/f1"),
             "model_size_mb": self.facts.get("size_mb"),
             "gflops": self.facts.get("gflops"),
@@ -320,6 +443,11 @@ class Dashboards(Callback):
         publish(
             trainer.loggers, trainer.global_step, summary={f"model/{k}": v for k, v in self.facts.items()}
         )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        done = [r.get("wall_time_s") or 0.0 for r in self.history if r["epoch"] <= trainer.current_epoch]
+        self._before = max(done, default=0.0)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._kept = []
@@ -350,15 +478,25 @@ class Dashboards(Callback):
             return
         metrics = trainer.callback_metrics
         epoch = trainer.current_epoch
-        row = {"epoch": epoch + 1, **{k: float(metrics[k]) for k in CURVE_KEYS if k in metrics}}
+        row = {"epoch": epoch + 1, **{k: float(metrics[k]) for k in CURVE_KEYS + SPEED_KEYS if k in metrics}}
         if trainer.optimizers:
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.history = [r for r in self.history if r["epoch"] != epoch + 1] + [row]
+            row["lrs"] = group_lrs(trainer.optimizers[0].param_groups)
+        row["wall_time_s"] = round(self._before + time.perf_counter() - self._started, 1)
+        # a replayed epoch's row, and any after it (a resume from an earlier checkpoint), are replaced
+        self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
+        write_csv(self.run_dir / RESULTS_FILE, *results_rows(self.history, len(self.classes)))
         best_epoch, best = self.best.best
         if best_epoch == epoch and self.best.monitor in row:
             self._draw_best(trainer, pl_module)
             publish(
-                trainer.loggers, trainer.global_step, summary={"best_val_acc": best, "best_epoch": epoch + 1}
+                trainer.loggers,
+                trainer.global_step,
+                summary={
+                    "best_val_acc": row.get("val/acc"),
+                    "best_epoch": epoch + 1,
+                    **({f"best/{self.best.monitor}": best} if self.best.monitor != "val/acc" else {}),
+                },
             )
         curves_png(self.history, self.run_dir / "curves.png", None if best_epoch is None else best_epoch + 1)
 

@@ -24,6 +24,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from effnet.data.balance import WeightedCrossEntropy
+from effnet.metrics import TOP5_MIN_CLASSES
 from effnet.plan import Network, Optimisation, Regularisation, Runtime
 from effnet.preprocessing import Preprocessing
 from effnet.training import model, weights
@@ -92,7 +93,9 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc5 = (
-            MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+            MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            if num_classes >= TOP5_MIN_CLASSES
+            else None
         )
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)

@@ -1,8 +1,8 @@
 """A sweep trial that cannot win stops early: Optuna pruning for a job of effnet's sweeper.
 
-After every epoch the job's val top-1 goes to its Optuna trial as an intermediate value (step =
-the epoch, 1 for the first: the curves optuna-dashboard draws, and what the pruner compares
-across trials), and the study's pruner decides whether the trial goes on. A pruned run stops
+After every epoch the job's train.monitor (val top-1 by default) goes to its Optuna trial as an
+intermediate value (step = the epoch, 1 for the first: the curves optuna-dashboard draws, and
+what the pruner compares across trials, in the study's direction, which follows the monitor), and the study's pruner decides whether the trial goes on. A pruned run stops
 like a finished one, at the end of that epoch, with its checkpoints and summary.json (which
 records why in `pruned`); the job then tells the sweeper (effnet.cli.app.job_pruned).
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import io
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,10 +35,13 @@ from effnet.start import Start
 from effnet.sweeper import TrialRef
 from effnet.training import interrupts, launch, ranks
 from effnet.training.callbacks import (
+    RESULTS_FILE,
     BatchPreview,
     BestEpoch,
     Dashboards,
+    EarlyStop,
     FreezeBackbone,
+    LogEpochs,
     Throughput,
     progress_bar,
 )
@@ -119,8 +124,8 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
 
 
 def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
-    """Say where the run continues, warn when the schedule differs, and drop the metrics rows of
-    the epochs about to be replayed so none is logged twice."""
+    """Say where the run continues, warn when the schedule differs, and drop the metrics.csv and
+    results.csv rows of the epochs about to be replayed so none is listed twice."""
     log.info("resuming from %s at the start of epoch %d", resumed.checkpoint, resumed.next_epoch + 1)
     planned = resumed.planned_epochs
     if planned is not None and planned != epochs:  # timm restores its schedule's length
@@ -133,6 +138,9 @@ def note_resume(resumed: run_plan.Resumed, epochs: int, run_dir: Path) -> None:
             planned,
         )
     resume.trim_metrics(run_dir / "metrics.csv", resumed.next_epoch)
+    # results.csv counts epochs from 1; its rows are rewritten from the checkpoint's at the next
+    # epoch's end, and until then hold none of the epochs about to be replayed either
+    resume.trim_metrics(run_dir / RESULTS_FILE, resumed.next_epoch + 1)
 
 
 def check_trainer_keys(trainer_args: Mapping[str, Any]) -> None:
@@ -206,8 +214,8 @@ def build_and_fit(
 
 @dataclasses.dataclass
 class Watched:
-    """The callbacks whose findings the summary reports: the best checkpoint and epoch, the
-    throughput, the dashboards and a sweep trial's pruning."""
+    """The callbacks whose findings the summary reports: the best checkpoint and epoch (both by
+    train.monitor), early stopping, the throughput, the dashboards and a sweep trial's pruning."""
 
     best: ModelCheckpoint
     best_epoch: BestEpoch
@@ -215,13 +223,16 @@ class Watched:
     dashboards: Dashboards
     pruning: ReportToTrial | None
     ckpt_dir: Path
+    early_stop: EarlyStop | None = None
 
     @classmethod
     def of(
         cls, plan: run_plan.RunPlan, split: folders.Split, run_dir: Path, trial: TrialRef | None
     ) -> Watched:
         ckpt_dir = run_dir / find.CHECKPOINTS
-        best_epoch = BestEpoch()
+        records = plan.records
+        best_epoch = BestEpoch(records.monitor, records.monitor_mode)
+        patience = records.early_stopping_patience
         return cls(
             best=ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -234,8 +245,13 @@ class Watched:
             best_epoch=best_epoch,
             throughput=Throughput(),
             dashboards=Dashboards(run_dir, split.classes, best_epoch, samples=plan.records.samples),
-            pruning=ReportToTrial(trial) if trial is not None else None,
+            pruning=ReportToTrial(trial, records.monitor) if trial is not None else None,
             ckpt_dir=ckpt_dir,
+            early_stop=EarlyStop(
+                records.monitor, records.monitor_mode, patience, records.early_stopping_min_delta
+            )
+            if patience is not None
+            else None,
         )
 
     def callbacks(self, plan: run_plan.RunPlan, run_dir: Path, datamodule, stop) -> list:
@@ -251,6 +267,7 @@ class Watched:
             self.throughput,
             self.best_epoch,
             progress_bar(),
+            LogEpochs(),
             LearningRateMonitor("step"),
             resume.ResumeState(last, datamodule.train_sampler),
             stop,
@@ -261,23 +278,34 @@ class Watched:
             callbacks.append(FreezeBackbone(plan.freeze_epochs))
         if plan.records.train_batch:
             callbacks.append(batch_preview(plan, run_dir))
+        # Lightning runs the stopping callbacks after the others at each epoch's end
+        callbacks += [self.early_stop] if self.early_stop is not None else []
         return callbacks + ([self.pruning] if self.pruning is not None else [])
 
     def summary(self, epochs_completed: int) -> dict:
-        """What the callbacks found: summary.json's second half."""
-        epoch, best_acc = self.best_epoch.best
+        """What the callbacks found: summary.json's second half. best_val_acc and best_val_f1 are
+        those of the best epoch by train.monitor (rank 0 keeps the history they come from)."""
+        epoch, best_value = self.best_epoch.best
         score = self.best.best_model_score
         pruned = self.pruning.pruned if self.pruning is not None else None
+        best_value = best_value if score is None else float(score)  # every rank has best.ckpt's
+        dashboards = self.dashboards.summary
+        if dashboards["best_val_acc"] is None and self.best.monitor == "val/acc":
+            dashboards["best_val_acc"] = best_value
+        stopped = self.early_stop.stopped if self.early_stop is not None else None
         return {
-            "best_val_acc": best_acc if score is None else float(score),
+            "monitor": self.best.monitor,
+            "monitor_mode": self.best.mode,
+            "best_monitor_value": best_value,
             "best_epoch": None if epoch is None else epoch + 1,
-            **self.dashboards.summary,
+            **dashboards,
             "best_checkpoint": self.best.best_model_path,
             "last_checkpoint": str(self.ckpt_dir / find.LAST),
             "epochs_completed": epochs_completed,
             "train_images_per_sec": round(self.throughput.typical, 2),
             "data_wait_fraction": self.throughput.typical_wait,
             **({"pruned": pruned} if pruned else {}),
+            **({"stopped_early": stopped} if stopped else {}),
         }
 
 
@@ -325,14 +353,30 @@ def kept_checkpoint(run_dir: Path) -> str:
 
 
 def print_summary(summary: dict) -> None:
+    """The run's summary through the "effnet" logger: on the console and in train.log alike."""
+    log.info("%s", summary_text(summary, shutil.get_terminal_size((100, 24)).columns))
+
+
+def summary_text(summary: dict, width: int) -> str:
+    """The summary as a table `width` columns wide, then the paths a person copies, each whole on
+    a line of its own: a table cell would fold or cut them on a narrow console or in a pipe."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="effnet run", show_header=False, title_justify="left")
+    table.add_column()
+    table.add_column(overflow="fold")  # a long model name breaks, is not cut to "…"
+    monitor, value, epoch = summary["monitor"], summary["best_monitor_value"], summary["best_epoch"]
     acc = summary["best_val_acc"]
     rows = [
-        ("best val top-1", "n/a" if acc is None else f"{acc:.4f} (epoch {summary['best_epoch']})"),
-        ("best checkpoint", summary["best_checkpoint"] or "none"),
+        (
+            f"best {monitor}",
+            "n/a" if value is None else f"{value:.4f} (epoch {epoch}, {summary['monitor_mode']})",
+        )
+    ]
+    if monitor != "val/acc":
+        rows.append(("val top-1 then", "n/a" if acc is None else f"{acc:.4f}"))
+    rows += [
         ("model", f"{summary['model']} @ {summary['image_size']} px, {summary['num_classes']} classes"),
         (
             "recipe",
@@ -340,13 +384,16 @@ def print_summary(summary: dict) -> None:
             f" ({summary['micro_batch_size']} x {summary['accumulate_grad_batches']} x {summary['devices']}), "
             f"dropout {summary['dropout']}, aug {summary['aug']}, {summary['precision']}",
         ),
-        ("wall time", f"{summary['wall_time_s']:.0f} s"),
+        ("wall time", f"{summary['wall_time_s']:.0f} s, {summary['epochs_completed']} epochs"),
         ("throughput", f"{summary['train_images_per_sec']:.1f} train images/s{_waiting(summary)}"),
-        ("run folder", summary["run_dir"]),
     ]
+    rows += [("stopped early", summary["stopped_early"])] if summary.get("stopped_early") else []
     for k, v in rows:
         table.add_row(k, str(v))
-    Console().print(table)
+    out = io.StringIO()
+    Console(file=out, width=max(width, 40), color_system=None, soft_wrap=False).print(table)
+    paths = [("best checkpoint", summary["best_checkpoint"] or "none"), ("run folder", summary["run_dir"])]
+    return out.getvalue() + "\n".join(f"{k + ':':<17}{v}" for k, v in paths)
 
 
 def _waiting(summary: dict) -> str:
