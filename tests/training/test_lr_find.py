@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from effnet.start import start
-from effnet.training.lr_find import command_with_lr, find
+from effnet.training.lr_find import command_with_lr, find, steepest
 from tests.helpers import FAST, compose_cfg, make_images
 
 # a sweep that stays below divergence, so every planned step runs
@@ -79,3 +79,16 @@ def test_the_command_gets_the_suggestion_in_place_of_find():
     assert command_with_lr("python train.py 'data.root=/my photos' +lr=find", 3e-5) == (
         "python train.py 'data.root=/my photos' lr=3e-05"
     )
+
+
+def test_the_suggestion_is_the_steepest_fall_per_decade_of_lr():
+    """The curve of hymenoptera/Lite0 in miniature: a flat, slightly wiggling start at tiny lrs, the
+    real fall around 1e-3, divergence at the end. Against the lr itself (Lightning 2.6's
+    suggestion) the wiggle at 1e-6 wins; per decade, the fall does."""
+    lrs = [10 ** (-7 + 7 * i / 59) for i in range(60)]
+    losses = [0.70 - (0.002 if 14 <= i <= 16 else 0.0) for i in range(35)]
+    losses += [0.70 - 0.02 * (i - 34) for i in range(35, 45)] + [0.5 + 0.1 * (i - 44) for i in range(45, 60)]
+    found = steepest(lrs, losses)
+    assert 1e-3 < found < 1e-2, found
+    assert losses[lrs.index(found)] < losses[30], "on the fall, not the plateau"
+    assert steepest(lrs[:12], losses[:12]) is None, "too few points after the skips"
