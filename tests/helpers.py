@@ -131,10 +131,11 @@ def module_sections(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
 # own working folder, environment, exit status and output, so a table of bad inputs can assert the
 # command-line contract per case without paying Python's and Hydra's start-up every time.
 _WARM = r"""
-import importlib, json, os, runpy, sys, traceback
+import gc, importlib, json, os, runpy, sys, traceback
 import effnet.cli.app  # what every entry script imports first, imported once
 for name in sys.argv[1:]:  # and, for cases that load a model anyway, the heavy modules too
     importlib.import_module(name)
+gc.freeze()  # the cases' collections skip what is imported here (nor copy its pages to count it)
 for line in sys.stdin:
     case = json.loads(line)
     pid = os.fork()
