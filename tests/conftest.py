@@ -56,6 +56,14 @@ def pytest_configure(config) -> None:
     )
 
 
+def pytest_unconfigure(config) -> None:
+    """The session is over: Python's collections while it tears down torch, Lightning and timm
+    would take seconds in every worker (effnet.cli.app.quick_exit, for the same reason)."""
+    import gc
+
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """`gpu` tests skip where torch sees no CUDA device (the CI machine, a laptop)."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]

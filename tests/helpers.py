@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -142,16 +144,19 @@ def module_sections(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
 # own working folder, environment, exit status and output, so a table of bad inputs can assert the
 # command-line contract per case without paying Python's and Hydra's start-up every time.
 _WARM = r"""
-import importlib, json, os, runpy, sys, traceback
+import gc, importlib, json, os, runpy, sys, traceback
 import effnet.cli.app  # what every entry script imports first, imported once
 for name in sys.argv[1:]:  # and, for cases that load a model anyway, the heavy modules too
     importlib.import_module(name)
+gc.freeze()  # the cases' collections skip what is imported here (nor copy its pages to count it)
 for line in sys.stdin:
     case = json.loads(line)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            if case["session"]:  # its own process group, as a job step has
+                os.setsid()
             os.chdir(case["cwd"])
             os.environ.update(case["env"])
             for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -175,8 +180,10 @@ for line in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    print(json.dumps(pid), flush=True)  # first the pid (a test may signal the case), then its exit
     _, status = os.waitpid(pid, 0)
     print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+os._exit(0)  # not Python's teardown of torch's objects: seconds, for nothing
 """
 
 
@@ -186,37 +193,96 @@ class WarmRun(subprocess.CompletedProcess):
     heavy: list[str]
 
 
+class WarmProcess:
+    """A case still running (WarmEntry.start): its pid to signal, and poll/wait as a Popen has them."""
+
+    def __init__(self, entry: WarmEntry, pid: int, args: list[str], files: dict[str, str]) -> None:
+        self.entry, self.pid, self.args, self.files = entry, pid, args, files
+        self.returncode: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def poll(self) -> int | None:
+        return self.wait(timeout=0, check=False)
+
+    def wait(self, timeout: float | None = None, check: bool = True) -> int | None:
+        """The exit status (negative: killed by that signal); TimeoutError after `timeout` s when
+        `check`, else None."""
+        if self.returncode is None:
+            line = self.entry.read_line(timeout)
+            if line is None:
+                if check:
+                    raise TimeoutError(f"{self.args} still running after {timeout} s")
+                return None
+            self.returncode = json.loads(line)
+            self.entry.running = None
+        return self.returncode
+
+    def finish(self, timeout: float | None = None) -> WarmRun:
+        """Wait (killed after `timeout` s, then TimeoutError) and read what it wrote."""
+        try:
+            self.wait(timeout)
+        except TimeoutError:
+            self.send_signal(signal.SIGKILL)
+            self.wait()
+            raise
+        read = {k: Path(self.files[k]).read_text() for k in ("stdout", "stderr")}
+        out = WarmRun(self.args, self.returncode, read["stdout"], read["stderr"])
+        modules = Path(self.files["modules"])
+        out.heavy = json.loads(modules.read_text()) if modules.is_file() else []
+        return out
+
+
 class WarmEntry:
     """`run(script, args, cwd)` runs train.py/eval.py/predict.py/export.py as `python script args`
     would (`script` "-m name": as `python -m name args`), in a process forked from an interpreter
     that has already imported effnet.cli.app (and the `preload` modules: then `heavy` says nothing
-    about the case)."""
+    about the case). `start` is the same without waiting, for a test that signals the process;
+    one case at a time."""
 
     def __init__(self, scratch: Path, preload: tuple[str, ...] = ()) -> None:
         self.scratch = scratch
         self.count = 0
+        self.running: WarmProcess | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WARM, *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
+            bufsize=0,  # unbuffered: a line the server wrote is one select() sees (WarmProcess.poll)
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()},  # this checkout's src
         )
 
-    def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:
+    def read_line(self, timeout: float | None) -> str | None:
+        """The server's next line, or None when none came within `timeout` seconds."""
+        if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()  # unbuffered: reads up to the newline, no further
+        if not line:
+            raise RuntimeError(f"the warm interpreter ended (exit {self.proc.wait()})")
+        return line.decode()
+
+    def start(
+        self, script: str, args: list[str], cwd: Path, env: dict | None = None, new_session: bool = False
+    ) -> WarmProcess:
+        assert self.running is None, "one case at a time: wait for the last one first"
         self.count += 1
         files = {k: str(self.scratch / f"{self.count}.{k}") for k in ("stdout", "stderr", "modules")}
         script = script if script.startswith("-m ") else str(ROOT / script)
-        case = {"script": script, "args": args, "cwd": str(cwd), "env": env or {}, **files}
-        self.proc.stdin.write(json.dumps(case) + "\n")
+        case = {"script": script, "args": args, "cwd": str(cwd), "env": env or {}, "session": new_session}
+        self.proc.stdin.write((json.dumps({**case, **files}) + "\n").encode())
         self.proc.stdin.flush()
-        code = json.loads(self.proc.stdout.readline())
-        out = WarmRun(args, code, Path(files["stdout"]).read_text(), Path(files["stderr"]).read_text())
-        modules = Path(files["modules"])
-        out.heavy = json.loads(modules.read_text()) if modules.is_file() else []
-        return out
+        self.running = WarmProcess(self, json.loads(self.read_line(None)), args, files)
+        return self.running
+
+    def run(self, script: str, args: list[str], cwd: Path, env: dict | None = None) -> WarmRun:
+        return self.start(script, args, cwd, env).finish()
 
     def close(self) -> None:
+        if self.running is not None:  # a test that failed before its case ended
+            self.running.send_signal(signal.SIGKILL)
+            self.running.wait()
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
 

@@ -110,11 +110,13 @@ def test_a_slurm_launch_lightning_would_refuse_is_one_line_and_submits_nothing(a
     assert list(tmp_path.iterdir()) == [], "nothing written, nothing submitted"
 
 
-# The real cluster. train.py with a training step that takes STEP_S more seconds, so that a signal
-# sent after the first epoch lands in the middle of training. The task function is defined in
-# __main__, so submitit's cloudpickle carries it (and the slower step) into the SLURM jobs.
+# The real cluster. train.py with a training step that takes STEP_S more seconds in job 0's first
+# run (lr=1e-3), so that a signal sent after its first epoch lands in the middle of training; job 1
+# and job 0's resumed run train at full speed (nothing is signalled there). The task function is
+# defined in __main__, so submitit's cloudpickle carries it (and the slower step) into the SLURM jobs.
 STEP_S = 0.7
 SLOW_TRAIN_PY = f"""
+import os
 import time
 from pathlib import Path
 
@@ -123,6 +125,9 @@ from effnet.cli.app import main, train_task
 
 def slow_task(cfg):
     from effnet.training import module
+
+    if cfg.lr != 1e-3 or os.environ.get("SLURM_RESTART_COUNT"):
+        return train_task(cfg)
 
     step = module.ClassifierModule.training_step
 

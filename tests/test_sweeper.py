@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from optuna.trial import TrialState
 from effnet.errors import UserError
 from effnet.report import write_report
 from effnet.sweeper import objective_direction, parse_search_space, quoted, storage_url
-from tests.helpers import CONF_DIR, FAST, TRAIN_PY, make_images, run_train, source_path
+from tests.helpers import CONF_DIR, FAST, WarmEntry, make_images
 
 TINY = [*FAST, "model=mobilenetv3_small"]
 
@@ -146,6 +144,15 @@ def test_the_study_direction_follows_the_monitor_each_job_returns():
 
 
 @pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """The sweeps run train.py forked from one interpreter that has imported torch, Lightning and
+    timm: each is a process of its own (the killed one for real), without their seconds of imports."""
+    runner = WarmEntry(tmp_path_factory.mktemp("warm"), preload=("torch", "lightning", "timm"))
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("sweeper_data") / "data", {"ant": 6, "bee": 6})
 
@@ -166,7 +173,7 @@ def sweep_dirs(cwd: Path) -> list[Path]:
     return sorted((cwd / "outputs" / "multirun").iterdir())
 
 
-def test_a_killed_sweep_resumes_to_the_full_count(data, tmp_path):
+def test_a_killed_sweep_resumes_to_the_full_count(warm, data, tmp_path):
     """SIGKILL while trial 1 trains; the same command again: trial 1 is failed (it counts), and one
     more trial makes the 3 asked for, with parameters the first run did not try."""
     args = [
@@ -177,28 +184,21 @@ def test_a_killed_sweep_resumes_to_the_full_count(data, tmp_path):
         "hydra.sweeper.n_trials=3",
     ]
     db = tmp_path / "optuna.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": source_path()}
-    with open(tmp_path / "first.log", "w") as out:
-        first = subprocess.Popen(
-            [sys.executable, str(TRAIN_PY), *args], cwd=tmp_path, env=env, stdout=out, stderr=out,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 240
-            job_1 = (
-                tmp_path / "outputs" / "multirun"
-            )  # trial 1's job has started training once its log is there
-            while not (trials(db) == [(0, "COMPLETE"), (1, "RUNNING")] and any(job_1.glob("*/1/train.log"))):
-                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "trial 1 never started"
-                time.sleep(0.2)
-        finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+    first = warm.start("train.py", args, tmp_path, new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        job_1 = tmp_path / "outputs" / "multirun"  # trial 1's job has started training once its log is there
+        while not (trials(db) == [(0, "COMPLETE"), (1, "RUNNING")] and any(job_1.glob("*/1/train.log"))):
+            assert first.poll() is None, Path(first.files["stderr"]).read_text()[-3000:]
+            assert time.monotonic() < deadline, "trial 1 never started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
     assert trials(db) == [(0, "COMPLETE"), (1, "RUNNING")]
 
     time.sleep(1.1)  # the sweep folder is named by the second it starts
-    result = run_train(args, tmp_path)
+    result = warm.run("train.py", args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trial 1 was left running by a sweep that stopped" in result.stdout  # Hydra logs to stdout
     assert trials(db) == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
@@ -219,7 +219,7 @@ def test_a_killed_sweep_resumes_to_the_full_count(data, tmp_path):
     assert results["best_value"] == best.value and results["best_params"] == best.params
 
 
-def test_a_pruned_trial_is_recorded_as_pruned_not_failed(data, tmp_path):
+def test_a_pruned_trial_is_recorded_as_pruned_not_failed(warm, data, tmp_path):
     """A pruner that prunes every trial at its first report: the 2-epoch job stops after epoch 1,
     says so in its folder, the study records it as PRUNED, and the sweep exits 0."""
     args = [
@@ -231,7 +231,7 @@ def test_a_pruned_trial_is_recorded_as_pruned_not_failed(data, tmp_path):
         "hydra.sweeper.pruner=null",  # then a whole other pruner (assigned, not merged into MedianPruner)
         "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}",  # val/acc is < 2
     ]
-    result = run_train(args, tmp_path)
+    result = warm.run("train.py", args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = sweep_dirs(tmp_path)
     job = folder / "0"

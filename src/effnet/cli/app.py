@@ -6,6 +6,9 @@ brings back Hydra's full traceback for debugging.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import logging
 import os
 import sys
@@ -162,9 +165,21 @@ def job_pruned(hydra_cfg: DictConfig, why: str) -> NoReturn:
     raise optuna.TrialPruned(f"{job} pruned {why}")
 
 
+@functools.cache
+def quick_exit() -> None:
+    """At exit, leave the objects alive now out of the garbage collections Python runs while it
+    tears its modules down: with torch, Lightning and timm loaded those walk millions of objects
+    for seconds (4.2 s -> 0.6 s on a loaded 2-core machine) and free nothing a process that is
+    ending needs. atexit handlers (logging, W&B, loader workers) still run, and open files are
+    closed when the modules are cleared. Registered once per process, by the entry scripts and by
+    a job a launcher started (a SLURM job runs train_task, not main)."""
+    atexit.register(gc.freeze)
+
+
 def train_task(cfg: DictConfig) -> float | None:
     """One job; returns the best value of train.monitor, which sweepers such as Optuna's optimise
     (in the direction train.monitor_mode gives: effnet.sweeper.objective_direction)."""
+    quick_exit()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir).absolute()
@@ -203,6 +218,7 @@ def train_task(cfg: DictConfig) -> float | None:
 
 def main(config_dir: Path, config_name: str, task=train_task) -> None:
     """Run a Hydra app, turning the errors a user can fix into one line."""
+    quick_exit()
     keep_full_error_choice()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     # A log line that cannot be written (train.log on a full disk) is lost, not a "--- Logging
