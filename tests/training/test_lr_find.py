@@ -59,7 +59,13 @@ def test_a_pretrained_backbone_follows_the_head_at_its_scale(tmp_path, monkeypat
     source = timm.create_model("mobilenetv3_small_100", num_classes=1000)
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
     record, run_dir, out = found(
-        tmp_path, monkeypatch, capsys, f"model.weights={weights}", "epochs=5", "lr_find.steps=13"
+        tmp_path,
+        monkeypatch,
+        capsys,
+        f"model.weights={weights}",
+        "epochs=5",
+        "lr_find.steps=13",
+        "optimizer.backbone_lr_scale=0.4",
     )
     assert record["backbone_lr_scale"] == 0.4 and record["steps"] == record["steps_run"] == 13
     heads = [head for head, _ in record["optimizer_lrs"]]
