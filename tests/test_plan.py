@@ -345,14 +345,20 @@ def test_the_plan_predicts_a_cpu_steps_ram_and_refuses_a_step_that_cannot_fit(
 
 def test_lr_find_plans_the_finders_sweep_and_the_dry_run_says_so():
     # 244 images in whole batches of 32: 7 steps an epoch
-    p = build(["lr=find", "batch_size=32", "epochs=2", "lr_find.max_lr=0.1"])
+    p = build(
+        ["lr=find", "batch_size=32", "epochs=2", "lr_find.max_lr=0.1", "optimizer.backbone_lr_scale=0.4"]
+    )
     assert p.lr_find == plan.LrFind(min_lr=1e-7, max_lr=0.1, steps=14)  # fewer than lr_find.steps
     assert p.recipe.lr == build(["batch_size=32"]).recipe.lr  # the row's meanwhile: nothing trains with it
     assert dict(plan.plan_rows(p))["lr"] == (
         "find (the finder runs on a real start): the head's lr from 1e-07 to 0.1 over 14 steps; "
         "the pretrained backbone's follows at x0.4; nothing is trained"
     )
-    assert build(["lr=find", "epochs=30"]).lr_find.steps == 100  # lr_find.steps
+    same = build(["lr=find", "epochs=30"])  # the default scale, 1.0: one lr for every layer
+    assert same.lr_find.steps == 100  # lr_find.steps
+    assert dict(plan.plan_rows(same))["lr"].endswith(
+        "the lr (one for every layer) from 1e-07 to 1 over 100 steps; nothing is trained"
+    )
     assert build(["lr=1e-3"]).lr_find is None
     with pytest.raises(
         UserError, match=r"lr=find: this run takes 5 optimizer step\(s\) \(1 epoch\(s\) x 5\)"

@@ -956,8 +956,9 @@ def _lr(plan: RunPlan) -> str:
         return f"{r.lr:g} ({plan.recipe_sources['lr']})" + _backbone_lr(plan)
     scale = plan.optimisation.backbone_lr_scale
     follows = "" if scale == 1.0 else f"; the pretrained backbone's follows at x{scale:g}"
+    what = "the lr (one for every layer)" if scale == 1.0 else "the head's lr"
     return (
-        f"find (the finder runs on a real start): the head's lr from {finder.min_lr:g} to "
+        f"find (the finder runs on a real start): {what} from {finder.min_lr:g} to "
         f"{finder.max_lr:g} over {finder.steps} steps{follows}; nothing is trained"
     )
 
