@@ -99,3 +99,16 @@ def test_not_a_sweep_folder_is_one_line(tmp_path):
 def test_the_report_command_does_not_import_torch():
     code = "import sys, effnet.report; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_sweep_on_val_loss_is_ranked_by_its_loss_lowest_first(sweep):
+    for job, loss in (("0", 0.40), ("1", 0.55), ("3", 0.30)):
+        summary_file = sweep / job / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        summary.update(monitor="val/loss", monitor_mode="min", best_monitor_value=loss)
+        summary_file.write_text(json.dumps(summary))
+    report = write_report(sweep)
+    assert [r["job"] for r in report["rows"]][:3] == ["3", "0", "1"], "what the sweeper minimised"
+    assert "ranked by best_monitor_value" in report["text"] and "best_monitor_value 0.3" in report["text"]
+    # asked for explicitly, top-1 still ranks as before
+    assert [r["job"] for r in write_report(sweep, "best_val_acc")["rows"]][:3] == ["1", "0", "3"]

@@ -1,6 +1,6 @@
 """Rank the jobs of a sweep by their summary.json: a markdown and a CSV table, and one plot.
 
-    python -m effnet.report outputs/multirun/<sweep>            # best val top-1 first
+    python -m effnet.report outputs/multirun/<sweep>            # by the jobs' train.monitor, best first
     python -m effnet.report outputs/multirun/<sweep> --metric wall_time_s --minimize
 
 Works from the files every job leaves in its folder (.hydra/overrides.yaml, summary.json,
@@ -125,8 +125,22 @@ def markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(sweep_dir: Path, metric: str = "best_val_acc", minimize: bool = False) -> dict:
-    """Write report.md, report.csv and report.png into the sweep folder; return their paths and the best job."""
+def objective(jobs: list[dict]) -> tuple[str, bool]:
+    """(summary key, lower is better) of what the sweep optimised: the best value of the jobs'
+    train.monitor when they share one (a val/loss sweep is ranked by its loss, lowest first, as
+    its sweeper minimised it); best val top-1 for val/acc, for summaries that predate the monitor,
+    and for jobs that watched different metrics."""
+    watched = {(j["summary"].get("monitor"), j["summary"].get("monitor_mode")) for j in jobs if j["summary"]}
+    if len(watched) == 1:
+        monitor, mode = watched.pop()
+        if monitor not in (None, "val/acc") and mode in ("max", "min"):
+            return "best_monitor_value", mode == "min"
+    return "best_val_acc", False
+
+
+def write_report(sweep_dir: Path, metric: str | None = None, minimize: bool = False) -> dict:
+    """Write report.md, report.csv and report.png into the sweep folder; return their paths and the
+    best job. metric None: what the sweep optimised (objective)."""
     from effnet.plots import metric_vs_params_png
 
     sweep_dir = Path(sweep_dir).expanduser()
@@ -139,6 +153,8 @@ def write_report(sweep_dir: Path, metric: str = "best_val_acc", minimize: bool =
         raise UserError(
             f"{sweep_dir}: no job folders (with .hydra/overrides.yaml) found; is it a multirun folder?"
         )
+    if metric is None:
+        metric, minimize = objective(jobs)
     params = swept_params(jobs)
     ranked = rank(jobs, metric, minimize)
     rows = table(ranked, params, metric)
@@ -168,7 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "sweep_dir", type=Path, help="a multirun folder, e.g. outputs/multirun/2025-01-31_12-00-00"
     )
-    parser.add_argument("--metric", default="best_val_acc", help="a summary.json key (default: best_val_acc)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="a summary.json key (default: the best value of the jobs' train.monitor, in its direction)",
+    )
     parser.add_argument("--minimize", action="store_true", help="lower is better (e.g. --metric wall_time_s)")
     args = parser.parse_args(argv)
     try:
