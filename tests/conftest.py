@@ -77,6 +77,18 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as effnet's runs on a shared 2-core machine have (data.threads): a
+    forward pass there is many times faster on one thread (BENCHMARKS.md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _resolvers():
     register_resolvers()

@@ -12,15 +12,6 @@ from effnet import memory
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """A forward pass on a shared 2-core machine is many times faster on one thread (BENCHMARKS.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_real_tensors_on_the_cpu_reproduce_b0s_row(one_thread):
     row = memory.read()[("efficientnet_b0", "fp32", False)]
     real = memory.measure("efficientnet_b0", "fp32", False, fake=False, batches=(1, 2))

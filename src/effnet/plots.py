@@ -153,6 +153,18 @@ def prediction_order(true: Sequence[int], pred: Sequence[int], confidence: Seque
     )
 
 
+def _tiles(count: int, columns: int):
+    """A figure of `count` image tiles, `columns` to a row at most (2.0 x 2.3 inches a tile: room
+    for a two-line title), every axis off; returns it and its axes, row by row."""
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    fig = _figure(2.0 * columns, 2.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    return fig, axes
+
+
 def predictions_png(
     images,
     true: Sequence[int],
@@ -165,12 +177,7 @@ def predictions_png(
     """A grid of images titled true/predicted/confidence, mistakes in red and first."""
     order = prediction_order(true, pred, confidence)
     labels, families = figure_labels(classes)
-    columns = max(1, min(columns, len(order)))
-    rows = max(1, math.ceil(len(order) / columns))
-    fig = _figure(2.0 * columns, 2.3 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
-    for ax in axes:
-        ax.axis("off")
+    fig, axes = _tiles(len(order), columns)
     for ax, i in zip(axes, order, strict=False):  # the last row may have spare axes
         ax.imshow(_hwc(images[i]))
         wrong = true[i] != pred[i]
@@ -193,12 +200,7 @@ def batch_png(
 ) -> Path:
     """A grid of training images (uint8) as the network sees them, each titled with its class."""
     names, families = figure_labels(classes)
-    columns = max(1, min(columns, len(labels)))
-    rows = max(1, math.ceil(len(labels) / columns))
-    fig = _figure(2.0 * columns, 2.3 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
-    for ax in axes:
-        ax.axis("off")
+    fig, axes = _tiles(len(labels), columns)
     for ax, image, label in zip(axes, images, labels, strict=False):  # the last row may have spare axes
         ax.imshow(_hwc(image))
         ax.set_title(names[label], fontsize=8, family=families)

@@ -58,16 +58,23 @@ class _Model(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("load_s,step_s,slow", [(0.05, 0.0, "loader"), (0.0, 0.05, "step")])
-def test_data_wait_is_the_share_of_step_time_spent_waiting_for_the_loader(load_s, step_s, slow):
-    throughput = Throughput()
-    trainer = L.Trainer(
-        max_epochs=2,
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A CPU Trainer that writes and prints nothing of its own: the callback under test is all."""
+    return L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("load_s,step_s,slow", [(0.05, 0.0, "loader"), (0.0, 0.05, "step")])
+def test_data_wait_is_the_share_of_step_time_spent_waiting_for_the_loader(load_s, step_s, slow):
+    throughput = Throughput()
+    trainer = quiet_trainer(
+        max_epochs=2,
         callbacks=[throughput],
     )
     loader = torch.utils.data.DataLoader(_Sleepy(load_s), batch_size=2)
@@ -116,13 +123,8 @@ class _Scored(_Model):
 
 def test_early_stopping_stops_when_patience_runs_out_and_says_so(caplog):
     stop = EarlyStop("val/acc", "max", patience=2)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[stop],
     )
@@ -197,27 +199,13 @@ class _Images(torch.utils.data.Dataset):
         return self.images[i], i % 2
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as effnet's runs on a shared 2-core machine have (data.threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("erase_prob", [0.0, 1.0])
 def test_batch_preview_draws_the_first_batch_as_the_network_sees_it(erase_prob, tmp_path, one_thread):
     module = ClassifierModule(**module_sections(regularisation={"erase_prob": erase_prob}))
     preview = BatchPreview(tmp_path, ["ant", "bee"], tiles=3)
     data = _Images()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[preview],
     )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=4))
