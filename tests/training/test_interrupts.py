@@ -17,6 +17,8 @@ import random
 import re
 import shlex
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 
 from effnet.checkpoints import find, resume
 from effnet.training import interrupts
-from tests.helpers import TRAIN_PY, WarmEntry, WarmProcess, make_images
+from tests.helpers import TRAIN_PY, make_images, run_train
 
 METRICS = ("epoch", "step", "train/loss_epoch", "val/loss", "val/acc")
 # A longer soak: EFFNET_KILL_POINTS=10 EFFNET_KILL_SEED=7 EFFNET_STOP_SIGNAL=SIGINT pytest tests/test_interrupts.py
@@ -49,22 +51,23 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    """train.py runs forked from one interpreter that has imported torch, Lightning and timm: each
-    run is still a process of its own, stopped and killed for real, without the seconds of imports
-    every fresh start pays (seven runs in this module)."""
-    runner = WarmEntry(tmp_path_factory.mktemp("warm"), preload=("torch", "lightning", "timm"))
-    yield runner
-    runner.close()
+def start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_PY), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
 
 
-def finish(proc: WarmProcess, timeout: float = 300) -> tuple[int, str]:
-    done = proc.finish(timeout)
-    return done.returncode, done.stdout + done.stderr
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
 
 
-def wait_for(condition, proc: WarmProcess, timeout: float = 120) -> bool:
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> bool:
     """Poll until condition() holds; False if the process ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,12 +118,8 @@ def data(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("data") / "root", {"ant": 10, "bee": 10}, size=32)
 
 
-def test_killed_and_interrupted_runs_resume_to_identical_results(warm, data, tmp_path):
+def test_killed_and_interrupted_runs_resume_to_identical_results(data, tmp_path):
     args = [f"data.root={data}", *ARGS]
-
-    def start(args: list[str], cwd: Path, env: dict | None = None) -> WarmProcess:
-        return warm.start("train.py", args, cwd, env)
-
     reference_cwd, killed_cwd = tmp_path / "reference", tmp_path / "killed"
     reference_cwd.mkdir(), killed_cwd.mkdir()
     proc = start(args, reference_cwd)
@@ -181,7 +180,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_results(warm, data, tmp
         assert hit, "the run ended before it could be killed"
         all_checkpoints_complete(run_dir)
 
-    final = warm.run("train.py", resume_args, cwd=killed_cwd)
+    final = run_train(resume_args, cwd=killed_cwd)
     assert final.returncode == 0, final.stderr[-3000:]
     compare(run_dir, reference, kills)
 
@@ -209,13 +208,21 @@ def test_resume_command_keeps_the_arguments_and_replaces_ckpt_path(tmp_path):
     ]
 
 
-def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(warm, data, tmp_path):
+def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(data, tmp_path):
     """SLURM (time limit, scancel, preemption) and `kill -- -PGID` signal every process of the job,
     the loader workers too: they must leave the stop to the trainer, not die and take it down.
     (Every stop signal takes the same path in the workers: effnet.data.datamodule.STOP_SIGNALS.)"""
     stop = signal.SIGTERM
     args = [f"data.root={data}", *ARGS, "data.num_workers=1", "epochs=50"]
-    proc = warm.start("train.py", args, tmp_path, new_session=True)  # its own group, as a job step has
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_PY), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, as a job step has
+    )
     assert wait_for(
         lambda: (
             (tmp_path / "outputs").exists() and list(tmp_path.glob("outputs/train/*/checkpoints/last.ckpt"))
@@ -230,12 +237,15 @@ def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(warm, data,
     assert find.is_complete(only_run(tmp_path) / "checkpoints" / "interrupted.ckpt")
 
 
-def test_a_stop_during_a_long_first_step_is_honoured_within_seconds(warm, data, tmp_path):
+def test_a_stop_during_a_long_first_step_is_honoured_within_seconds(data, tmp_path):
     """A first step that would run two minutes (huge images on a CPU; here the step-delay hook)
     does not hold SIGTERM: the watchdog abandons it STOP_GRACE_S later, with the resume line."""
+    from tests.helpers import source_path
+
     args = [f"data.root={data}", "model=mobilenetv3_small", "model.pretrained=false", "image_size=32"]
     args += ["batch_size=4", "epochs=1", "data.num_workers=0", "trainer.accelerator=cpu"]
-    proc = warm.start("train.py", args, tmp_path, {interrupts.STEP_DELAY_ENV: "120"})
+    env = {interrupts.STEP_DELAY_ENV: "120", "PYTHONPATH": source_path()}
+    proc = start(args, tmp_path, env)
     runs = tmp_path / "outputs" / "train"
     wait_for(lambda: any(runs.glob("*/checkpoints/last.ckpt")), proc)  # written as training starts
     time.sleep(1)  # into the first step
