@@ -52,6 +52,16 @@ def test_each_value_says_where_it_came_from():
     assert p.recipe_sources["dropout"] == "small row, shifted for efficientnet_b4" and p.recipe.dropout == 0.5
 
 
+def test_compile_follows_the_device_and_the_run_length():
+    p = build(["preset=small"], device=H100)  # 30 epochs x 15 steps of 244 images
+    assert not p.runtime.compile and p.compile_reason.startswith("auto: 450 optimizer steps")
+    p = build(["preset=small", "model.compile_min_steps=400"], device=H100)
+    assert p.runtime.compile and ("compile", f"on ({p.compile_reason})") in plan.plan_rows(p)
+    assert p.summary()["compile"] is True and p.module_args()["runtime"]["compile"] is True
+    assert not build(["model.compile_min_steps=1"]).runtime.compile, "never on the CPU by itself"
+    assert build(["model.compile=true"]).runtime.compile, "the user wins"
+
+
 def test_a_cuda_device_gets_bf16_channels_last_and_its_memory_tier():
     p = build([], device=H100)
     assert (p.precision, p.tier, p.accelerator) == ("bf16-mixed", "80gb", "cuda")
@@ -138,13 +148,17 @@ def test_class_weights_are_inverse_frequency_and_refuse_mixed_labels():
         build(["data.balance=class_weights", "aug=heavy", "augment.heavy.mixup=0.2"], data=data)
 
 
-def test_loader_workers_leave_the_cores_to_threads_they_do_not_use():
+def test_threads_follow_the_device_that_computes():
     sixteen = plan.Device(cuda=False, per_node=1, cores=16)
     p = build([], device=sixteen)
-    assert (p.loading.workers, p.loading.threads) == (8, 8)
-    assert (build([]).loading.workers, build([]).loading.threads) == (1, 1)
+    assert (p.loading.workers, p.loading.threads, p.loading.worker_nice) == (8, 16, 10)
+    assert ("loader", "8 worker(s), 16 thread(s) per process, workers at nice +10") in plan.plan_rows(p)
+    gpu = plan.Device(cuda=True, per_node=1, cores=16)
+    p = build([], device=gpu)
+    assert (p.loading.workers, p.loading.threads, p.loading.worker_nice) == (8, 8, 0), "workers feed a GPU"
+    assert (build([]).loading.workers, build([]).loading.threads) == (1, 2)
     p = build(["data.num_workers=0"])
-    assert (p.loading.workers, p.loading.threads) == (0, 2)
+    assert (p.loading.workers, p.loading.threads, p.loading.worker_nice) == (0, 2, 0)
 
 
 def test_weights_come_from_the_checkpoint_on_resume():
@@ -238,8 +252,8 @@ def test_the_plan_chooses_the_data_cache_from_the_store_and_free_memory():
 
 
 def test_data_threads_overrides_the_cores_left_after_the_workers():
-    assert build(["data.num_workers=1"]).loading.threads == 1
-    assert build(["data.num_workers=1", "data.threads=2"]).loading.threads == 2
+    assert build(["data.num_workers=1"]).loading.threads == 2
+    assert build(["data.num_workers=1", "data.threads=1"]).loading.threads == 1
 
 
 def test_memory_for_a_ram_store_is_capped_by_shared_memory(monkeypatch):

@@ -236,12 +236,37 @@ def test_precision_follows_device_unless_set():
 
 
 @pytest.mark.parametrize(
-    "cores, devices, workers, threads",
-    [(2, 1, 1, 1), (16, 1, 8, 8), (16, 2, 7, 1), (64, 4, 8, 8), (1, 1, 1, 1), (8, 8, 1, 1)],
+    "cores, devices, workers, gpu_threads, cpu_threads",
+    [
+        (2, 1, 1, 1, 2),
+        (16, 1, 8, 8, 16),
+        (16, 2, 7, 1, 8),
+        (64, 4, 8, 8, 16),
+        (1, 1, 1, 1, 1),
+        (8, 8, 1, 1, 1),
+    ],
 )
-def test_workers_get_their_cores_and_threads_the_rest(cores, devices, workers, threads):
+def test_workers_get_their_cores_first_only_when_a_gpu_does_the_compute(
+    cores, devices, workers, gpu_threads, cpu_threads
+):
     assert recipes.loader_workers(cores, devices) == workers
-    assert recipes.intra_op_threads(cores, devices, workers) == threads
+    assert recipes.intra_op_threads(cores, devices, workers, cuda=True) == gpu_threads
+    assert recipes.intra_op_threads(cores, devices, workers, cuda=False) == cpu_threads
+    assert recipes.loader_nice(cuda=True) == 0 < recipes.loader_nice(cuda=False) <= 19
+
+
+def test_compile_pays_only_for_a_long_cuda_run():
+    assert recipes.compile_network("auto", cuda=False, steps=10**6, min_steps=2000)[0] is False
+    assert recipes.compile_network("auto", cuda=True, steps=1999, min_steps=2000) == (
+        False,
+        "auto: 1999 optimizer steps, fewer than model.compile_min_steps=2000",
+    )
+    assert recipes.compile_network("auto", cuda=True, steps=2000, min_steps=2000)[0] is True
+    assert recipes.compile_network(True, cuda=False, steps=1, min_steps=2000) == (True, "model.compile=true")
+    assert recipes.compile_network(False, cuda=True, steps=10**6, min_steps=1) == (
+        False,
+        "model.compile=false",
+    )
 
 
 def test_auto_cache_takes_ram_only_when_the_store_fits_comfortably():

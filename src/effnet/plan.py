@@ -109,6 +109,7 @@ class Runtime:
     channels_last: bool = False
     grad_checkpointing: bool = False
     sync_batchnorm: bool = False
+    compile: bool = False  # torch.compile the network (model.compile=auto resolved)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Loading:
     cache: str = "none"  # none | ram | disk (data.cache=auto resolved)
     cache_reason: str = ""
     cache_bytes: int = 0  # estimated size of the store, per training process
+    worker_nice: int = 0  # how much lower the loader workers' priority is (a CPU-only run's step comes first)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class RunPlan:
     records: Records = field(default_factory=Records)
     resumed: Resumed | None = None
     lr_find: LrFind | None = None  # lr=find: sweep the lr instead of training
+    compile_reason: str = ""  # why model.compile resolved as it did
 
     @property
     def world_size(self) -> int:
@@ -240,6 +243,7 @@ class RunPlan:
             "precision": self.precision,
             "strategy": self.strategy,
             "channels_last": self.runtime.channels_last,
+            "compile": self.runtime.compile,
             "num_workers": self.loading.workers,
             "threads": self.loading.threads,
             "cache": self.loading.cache,
@@ -416,7 +420,7 @@ def build(
         else int(cfg.data.num_workers)
     )
     threads = (
-        recipes.intra_op_threads(device.cores, devices, workers)
+        recipes.intra_op_threads(device.cores, devices, workers, device.cuda)
         if cfg.data.threads == "auto"
         else int(cfg.data.threads)
     )
@@ -441,15 +445,18 @@ def build(
         for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
         if k not in PLANNED_TRAINER_KEYS and v is not None
     }
+    epoch_steps = recipes.steps_per_epoch(
+        data.train,
+        batches.micro_batch,
+        batches.accumulate,
+        devices * num_nodes,
+        trainer.get("limit_train_batches"),
+    )
+    compiled, compile_reason = recipes.compile_network(
+        cfg.model.compile, device.cuda, epoch_steps * recipe.epochs, int(cfg.model.compile_min_steps)
+    )
     finder = None
     if cfg.lr == "find":
-        epoch_steps = recipes.steps_per_epoch(
-            data.train,
-            batches.micro_batch,
-            batches.accumulate,
-            devices * num_nodes,
-            trainer.get("limit_train_batches"),
-        )
         try:
             steps = recipes.finder_steps(int(cfg.lr_find.steps), epoch_steps, recipe.epochs)
         except ValueError as exc:
@@ -473,6 +480,7 @@ def build(
             augmentation=level,
             workers=workers,
             threads=threads,
+            worker_nice=recipes.loader_nice(device.cuda) if workers else 0,
             pin_memory=device.cuda,
             balance=balance,
             cache=cache,
@@ -516,7 +524,9 @@ def build(
             ),
             grad_checkpointing=batches.grad_checkpointing,
             sync_batchnorm=bool(cfg.trainer.sync_batchnorm) and devices * num_nodes > 1,
+            compile=compiled,
         ),
+        compile_reason=compile_reason,
         init=init,
         weights=weights,
         pretrained=bool(cfg.model.pretrained) or bool(cfg.model.weights),
@@ -866,6 +876,11 @@ def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.R
 # What a person reads: dry_run=true
 
 
+def loader_row(loading: Loading) -> str:
+    row = f"{loading.workers} worker(s), {loading.threads} thread(s) per process"
+    return row + (f", workers at nice +{loading.worker_nice}" if loading.worker_nice else "")
+
+
 def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
     """The plan as (topic, value) rows, in the order a person checks them."""
     d, r, b, p = plan.data, plan.recipe, plan.batches, plan.preprocessing
@@ -908,7 +923,8 @@ def plan_rows(plan: RunPlan) -> list[tuple[str, str]]:
             + (f", {plan.ddp_timeout_s:g} s process-group timeout" if plan.world_size > 1 else "")
             + (", channels_last" if plan.runtime.channels_last else ""),
         ),
-        ("loader", f"{plan.loading.workers} worker(s), {plan.loading.threads} thread(s) per process"),
+        ("compile", f"{'on' if plan.runtime.compile else 'off'} ({plan.compile_reason})"),
+        ("loader", loader_row(plan.loading)),
         ("data cache", f"{plan.loading.cache} ({plan.loading.cache_reason})"),
         ("model", f"{plan.network.backbone} @ {p.image_size} px, head dropout {plan.network.dropout:g}"),
         ("weights", plan.weights),

@@ -246,6 +246,23 @@ def backbone_lr_scale(scale: float, pretrained: bool) -> float:
     return float(scale) if pretrained else 1.0
 
 
+def compile_network(setting: str | bool, cuda: bool, steps: int, min_steps: int) -> tuple[bool, str]:
+    """model.compile: whether to torch.compile the network, and why.
+
+    A cold compile costs minutes (90-150 s for Lite0 and B0 on 2 CPU cores) and saves a share of
+    each step, so `auto` compiles only a run long enough to repay it: a CUDA run of at least
+    `min_steps` optimizer steps. Never on the CPU, where the step ran 1.01-1.25x faster
+    (BENCHMARKS.md, "torch.compile on the CPU"): 300 to 9,000 steps to break even, if ever.
+    """
+    if setting != "auto":
+        return bool(setting), f"model.compile={str(setting).lower()}"
+    if not cuda:
+        return False, "auto: not on the CPU (1.01-1.25x a step for a 90-150 s compile)"
+    if steps < min_steps:
+        return False, f"auto: {steps} optimizer steps, fewer than model.compile_min_steps={min_steps}"
+    return True, f"auto: {steps} optimizer steps repay the compile (model.compile_min_steps={min_steps})"
+
+
 def steps_per_epoch(
     train_images: int, micro_batch: int, accumulate: int, world: int, limit_train_batches=None
 ) -> int:
@@ -282,13 +299,33 @@ def loader_workers(cores: int, devices_per_node: int) -> int:
     return max(1, min(8, cores // max(1, devices_per_node) - 1))
 
 
-def intra_op_threads(cores: int, devices_per_node: int, workers: int) -> int:
-    """Each training process's intra-op threads: its share of the cores, minus its loader workers.
+def intra_op_threads(cores: int, devices_per_node: int, workers: int, cuda: bool = True) -> int:
+    """Each training process's intra-op threads.
 
-    Threads that compete with the workers for a core slow both (on a loaded 2-core box a B0
-    forward took 0.07 s with 1 thread and 3.2 s with 2), so the workers get their cores first.
+    With a GPU the loader workers are the busy processes (decoding and augmenting for a step that
+    takes milliseconds), so they get their cores first and the training process the rest: threads
+    that compete with the workers for a core slow both (on a loaded 2-core box a B0 forward took
+    0.07 s with 1 thread and 3.2 s with 2).
+
+    On a CPU-only run the training process *is* the compute: a Lite0 step at 224 px takes about
+    100 ms an image, while a worker decodes and crops one in a few ms (none at all after a RAM-cached
+    first epoch), so a worker keeps its core busy a few percent of the time. The training process
+    takes all of its share of the cores, and the workers run at a lower priority
+    (`LOADER_NICE_ON_CPU`) so that they use what the step leaves rather than stall it: 1.30x
+    faster at 224 px on 2 cores (BENCHMARKS.md, "Training speed").
     """
-    return max(1, cores // max(1, devices_per_node) - workers)
+    share = cores // max(1, devices_per_node)
+    return max(1, share - workers if cuda else share)
+
+
+# A CPU-only run's loader workers yield to the training step's threads (os.nice; 19 is the lowest
+# priority): they still get every cycle the step leaves, which keeps a cold epoch fed.
+LOADER_NICE_ON_CPU = 10
+
+
+def loader_nice(cuda: bool) -> int:
+    """How much lower the loader workers' priority is than the training process's."""
+    return 0 if cuda else LOADER_NICE_ON_CPU
 
 
 CACHE_MODES = ("none", "ram", "disk", "auto")

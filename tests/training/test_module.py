@@ -34,6 +34,15 @@ def test_runtime_choices_are_applied_by_the_constructor():
     assert not any(isinstance(m, SyncBatchNormAct) for m in plain.net.modules())
 
 
+def test_compile_wraps_the_network_in_place_and_keeps_the_checkpoint_keys():
+    compiled = ClassifierModule(**sections(runtime={"compile": True}))
+    plain = ClassifierModule(**sections())
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict()), (
+        "no _orig_mod. prefix: resume and export read it"
+    )
+
+
 def test_class_weights_make_a_weighted_loss_that_is_not_saved():
     module = ClassifierModule(**sections(regularisation={"class_weights": (4 / 6, 2.0)}))
     assert torch.allclose(module.train_loss.weight, torch.tensor([4 / 6, 2.0]))

@@ -132,6 +132,8 @@ RULES: list[tuple[str, Callable, str, bool]] = [
     ("model.ema_decay", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.999", False),
     ("model.grad_checkpointing", one_of(True, False), "true, false or null (the gpu tier decides)", True),
     ("model.channels_last", one_of(True, False), "true, false or null (on for CUDA)", True),
+    ("model.compile", one_of("auto", True, False), "auto, true or false", False),
+    ("model.compile_min_steps", int_at_least(1), "an integer >= 1", False),
     (
         "model.preprocessing.mean",
         channel_values(0),

@@ -7,8 +7,10 @@ other module of effnet.data imports it.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -36,6 +38,22 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """What each loader worker does first (a class, not a closure: spawned workers unpickle it).
+
+    nice: lower the worker's priority by this much. On a CPU-only run the training step's threads
+    take every core (effnet.recipes.intra_op_threads), and a worker at equal priority would stall
+    them each time it wakes; niced, it runs on the cycles the step leaves."""
+
+    nice: int = 0
+
+    def __call__(self, worker_id: int) -> None:
+        leave_stops_to_the_trainer(worker_id)
+        if self.nice:
+            os.nice(self.nice)
+
+
 class ImageDataModule(L.LightningDataModule):
     """The run's three image sets and their loaders, as the plan's preprocessing and augmentation say.
 
@@ -55,6 +73,7 @@ class ImageDataModule(L.LightningDataModule):
         sample_weights: Sequence[float] | None = None,
         cache: str = "none",
         cache_dir: Path | None = None,
+        worker_nice: int = 0,
     ) -> None:
         super().__init__()
         self.split = split
@@ -62,6 +81,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.cache, self.cache_dir = cache, cache_dir
+        self.worker_start = WorkerStart(worker_nice)
         size, interpolation = preprocessing.image_size, preprocessing.interpolation
         self.train_set = ImageList(
             split.train,
@@ -98,7 +118,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             # the workers' base seed comes from here, not from the global RNG the model uses
             generator=torch.Generator().manual_seed(0),
-            worker_init_fn=leave_stops_to_the_trainer if self.num_workers else None,
+            worker_init_fn=self.worker_start if self.num_workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -89,6 +89,11 @@ class ClassifierModule(L.LightningModule):
         if self.optimisation.ema_decay:  # averaged from the starting weights on
             self.ema = ModelEmaV3(self.net, decay=self.optimisation.ema_decay, use_warmup=True)
             self.ema.requires_grad_(False)
+        if self.runtime.compile:
+            # In place, after the EMA's copy: the state_dict keeps its key names (no `_orig_mod.`),
+            # so checkpoints, resume and export read the same file either way. Compiles on the
+            # first forward.
+            self.net.compile()
 
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -120,6 +120,7 @@ def data_module(plan: run_plan.RunPlan, split: folders.Split) -> ImageDataModule
         seed=plan.seed,
         sample_weights=sample_weights(split.train) if loading.balance == "weighted_sampler" else None,
         cache=loading.cache,
+        worker_nice=loading.worker_nice,
     )
 
 
