@@ -75,6 +75,18 @@ def make_images(folder: Path, classes: dict[str, int], size: int = 40, seed: int
     return folder
 
 
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth colour gradient (a different one per channel) under uniform noise: big enough to
+    decode reduced, fine enough that a crop off by a pixel or a flip shows, and quick to make."""
+    pixels = np.random.default_rng(seed).integers(0, 64, (height, width, 3), dtype=np.uint8)
+    x = (np.arange(width, dtype=np.int64) * 160 // width).astype(np.uint8)
+    y = (np.arange(height, dtype=np.int64) * 160 // height).astype(np.uint8)
+    pixels[..., 0] += x
+    pixels[..., 1] += y[:, None]
+    pixels[..., 2] += x[::-1]
+    return Image.fromarray(pixels)
+
+
 def compose_cfg(overrides: list[str], config_name: str = "train"):
     """A config composed as the entry scripts compose it (without running the Hydra callbacks)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,6 +1,7 @@
-"""data.cache: the store gives the transforms the very pixels decoding gives, so cached and
-uncached loaders yield identical batches; the disk store is shared between processes and follows
-changed files. Real images, real loader workers."""
+"""data.cache: every store gives identical batches; without a store the batches follow the same
+order and labels, and an image that no path reduces is cut from the very same pixels (a big JPEG
+decodes at the scale its own crop needs instead: effnet.data.sources). The disk store is shared
+between processes and follows changed files. Real images, real loader workers."""
 
 import os
 import subprocess
@@ -47,6 +48,7 @@ def photos(root, per_class: int = 6):
 
 
 def batches(split, mode: str, workers: int, tmp_path, aug: str = "standard", epochs: int = 2):
+    """Each epoch's batches, and the paths of each batch's images in order."""
     dm = ImageDataModule(
         split,
         PREP,
@@ -58,31 +60,67 @@ def batches(split, mode: str, workers: int, tmp_path, aug: str = "standard", epo
         cache_dir=tmp_path / "cache",
     )
     loader = dm.train_dataloader()
-    out = []
+    out, paths = [], []
     for epoch in range(epochs):
         dm.train_sampler.set_epoch(epoch)
         out.append([b for b in loader])
-    return out, dm.train_set.store
+        order = [split.train[i][0] for i, _ in dm.train_sampler]
+        paths.append([order[b * 4 : b * 4 + 4] for b in range(len(out[-1]))])
+    return out, paths, dm.train_set.store
 
 
-@pytest.mark.parametrize("mode,workers", [("ram", 2), ("ram", 0), ("disk", 2)])
-def test_cached_batches_are_identical_to_decoded_ones(tmp_path, mode, workers):
-    split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
-    expected, _ = batches(split, "none", 0, tmp_path)
-    got, store = batches(split, mode, workers, tmp_path)
+def unreduced(path: str) -> bool:
+    """An image no crop of which decodes reduced (short side under twice PREP's 32 px, or not a
+    JPEG) and that the store keeps as decoded (short side under twice the decode size, 114 px):
+    it is cut from the very same pixels with or without a store."""
+    with Image.open(path) as img:
+        short = min(img.size)
+        return short < 2 * 32 or (img.format != "JPEG" and short < 2 * 114)
+
+
+def assert_same_where_unreduced(split, tmp_path, aug: str, mode: str, workers: int) -> None:
+    """Without a store each sample decodes at the scale its crop needs and draws the crop on the
+    full-size image; from the store it draws on the stored image. The order and labels are the
+    same, and the images that no path reduces are identical bit for bit."""
+    expected, paths, _ = batches(split, "none", 0, tmp_path, aug=aug)
+    got, _, store = batches(split, mode, workers, tmp_path, aug=aug)
     assert store.stored() == len(split.train), "every training image is in the store after one epoch"
-    for epoch_expected, epoch_got in zip(expected, got, strict=True):
-        for (images, labels), (cached_images, cached_labels) in zip(epoch_expected, epoch_got, strict=True):
-            assert torch.equal(images, cached_images) and torch.equal(labels, cached_labels)
+    same = 0
+    for epoch_expected, epoch_got, epoch_paths in zip(expected, got, paths, strict=True):
+        for (images, labels), (cached, cached_labels), names in zip(
+            epoch_expected, epoch_got, epoch_paths, strict=True
+        ):
+            assert torch.equal(labels, cached_labels)
+            for image, cached_image, name in zip(images, cached, names, strict=True):
+                if unreduced(name):
+                    assert torch.equal(image, cached_image), name
+                    same += 1
+    assert same >= 4, "the photos hold unreduced images in every epoch"
 
 
-def test_heavy_augmentation_is_identical_from_the_store_too(tmp_path):
+@pytest.mark.parametrize("mode,workers", [("ram", 2), ("disk", 2)])  # ram in-process: the next test
+def test_cached_batches_match_decoded_ones(tmp_path, mode, workers):
     split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
-    expected, _ = batches(split, "none", 0, tmp_path, aug="heavy")
-    got, _ = batches(split, "ram", 2, tmp_path, aug="heavy")
-    assert all(
-        torch.equal(a[0], b[0]) for e, g in zip(expected, got, strict=True) for a, b in zip(e, g, strict=True)
-    )
+    assert_same_where_unreduced(split, tmp_path, "standard", mode, workers)
+
+
+def test_every_store_gives_identical_batches(tmp_path):
+    """ram (filled by the first epoch, by workers or the main process) and disk (built before)
+    crop the same stored images: identical batches, whatever the store and the workers."""
+    split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
+    expected, _, _ = batches(split, "ram", 0, tmp_path)
+    for mode, workers in (("ram", 2), ("disk", 2)):
+        got, _, _ = batches(split, mode, workers, tmp_path)
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            for e, g in zip(expected, got, strict=True)
+            for a, b in zip(e, g, strict=True)
+        ), mode
+
+
+def test_heavy_augmentation_matches_from_the_store_too(tmp_path):
+    split = folders.discover(photos(tmp_path / "data"), 0.25, 0)
+    assert_same_where_unreduced(split, tmp_path, "heavy", "ram", 2)
 
 
 def test_the_header_predicts_the_decoded_shape(tmp_path):

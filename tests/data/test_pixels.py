@@ -13,6 +13,7 @@ from PIL import Image
 
 from effnet.data import pixels, scan
 from effnet.data.decode import load_rgb
+from effnet.data.sources import ImageFile
 from tests.helpers import compose_cfg, make_images
 
 SIDE = 12_000  # 144 megapixels: ~2 GB decoded as RGB, 140 kB as a file
@@ -55,7 +56,9 @@ def test_every_decoder_refuses_the_same_image_before_decoding_it(bomb, recwarn):
     with pytest.raises(
         pixels.TooManyPixels, match=expected.replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")
     ):
-        load_rgb(str(bomb), 224)  # training's loaders (and the data cache), eval, predict
+        load_rgb(str(bomb), 224)  # the data cache, eval, predict
+    with pytest.raises(pixels.TooManyPixels, match="too many pixels"):
+        ImageFile(str(bomb))  # training's loaders, which decode at the scale each crop needs
     from effnet.deploy.predict import ImageFiles
     from effnet.preprocessing import Preprocessing
 

@@ -11,9 +11,13 @@ so an epoch after the first only crops, flips and augments.
   scan's cache. It is built (or brought up to date) before training under a file lock, so runs
   and DDP ranks share it; an image whose size or mtime changed is decoded again.
 
-The pixels a transform sees are the same with or without a store (`base_image` is the only way
-training decodes: effnet.data.decode.base_image), so batches, and resume, stay bit-exact
-whatever data.cache is.
+Without a store, training decodes each sample at the JPEG scale its own random crop needs
+(effnet.data.sources); from a store the crop is drawn on the stored image instead, and cut from
+it with the same one-resize op. An image neither path reduces (a JPEG under twice the output
+size, any other format under twice the decode size) gives the same pixels either way; a bigger
+one gets crops drawn from the same distribution but not the same batches. Within one data.cache
+(ram and disk store the same `base_image`), an epoch's batches depend only on (seed, epoch), so
+resume stays exact.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 from PIL import Image
 
 from effnet import diskspace
-from effnet.data.decode import DECODE_ERRORS, base_image
+from effnet.data.decode import DECODE_ERRORS, base_image, upright_size
 from effnet.data.scan import CACHE_DIR
 from effnet.files import write_json
 
@@ -50,9 +54,7 @@ def base_shape(path: str, side: int) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             img.draft("RGB", (side, side))  # sets the JPEG scale: nothing is decoded yet
-            w, h = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # exif_transpose swaps the axes
-                w, h = h, w
+            w, h = upright_size(img)
     except DECODE_ERRORS:
         return None
     short = min(w, h)

@@ -18,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from effnet.data.cache import CACHE_DIR, Store, disk_store, ram_store
+from effnet.data.crop import CropThenAugment
 from effnet.data.dataset import EpochSampler, ImageList, eval_sampler
 from effnet.data.decode import base_image
 from effnet.data.folders import Split
+from effnet.data.sources import ImageFile
 from effnet.data.transforms import train_transform
 from effnet.preprocessing import Preprocessing
 from effnet.recipes import decode_size
@@ -59,6 +61,8 @@ class ImageDataModule(L.LightningDataModule):
 
     cache: data.cache as the plan resolved it (none, ram or disk; effnet.data.cache). The store
     holds the training images; validation decodes each epoch as before (no augmentation to save).
+    Without a store each training sample draws its crop first and decodes only what that crop
+    needs (effnet.data.sources); from a store it is cut from the stored image the same way.
     """
 
     def __init__(
@@ -85,9 +89,10 @@ class ImageDataModule(L.LightningDataModule):
         size, interpolation = preprocessing.image_size, preprocessing.interpolation
         self.train_set = ImageList(
             split.train,
-            train_transform(size, level, interpolation),
+            CropThenAugment.from_timm(train_transform(size, level, interpolation)),
             decode_size(size, level["scale"][0]),
-            decode=base_image,
+            decode=base_image,  # what a store holds (attach_store)
+            open_source=ImageFile,  # without one
         )
         eval_tf = preprocessing.transform()
         self.val_set = ImageList(split.val, eval_tf, preprocessing.resize)

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from effnet.data.cache import Store
 from effnet.data.decode import DECODE_ERRORS, load_rgb
 from effnet.data.folders import Sample
+from effnet.data.sources import Source
 
 log = logging.getLogger("effnet")
 
@@ -110,9 +111,12 @@ class ImageList(Dataset):
 
     Takes an index, or an (index, seed) pair from EpochSampler to augment reproducibly. A file
     that cannot be decoded (it changed after the scan) is logged and replaced by the next good
-    sample, so one bad file never ends an epoch. `decode(path, min_decode_size)` gives the image
-    the transform starts from; with a `store` (effnet.data.cache) it is decoded once and read
-    back from the store afterwards.
+    sample, so one bad file never ends an epoch.
+
+    What the transform gets: with `open_source` and no store, the source it opens for the path
+    (training: effnet.data.sources.ImageFile, which the transform's crop decodes at the scale that
+    crop needs, effnet.data.crop); otherwise the image `decode(path, min_decode_size)` gives. With
+    a `store` (effnet.data.cache) that image is decoded once and read back from the store after.
     """
 
     def __init__(
@@ -122,12 +126,14 @@ class ImageList(Dataset):
         min_decode_size: int,
         decode: Callable[[str, int], Image.Image] = load_rgb,
         store: Store | None = None,
+        open_source: Callable[[str], Source] | None = None,
     ) -> None:
         self.samples = samples
         self.transform = transform
         self.min_decode_size = min_decode_size
         self.decode = decode
         self.store = store
+        self.open_source = open_source
         self.failed: set[str] = set()
 
     def __len__(self) -> int:
@@ -145,7 +151,8 @@ class ImageList(Dataset):
             if path in self.failed:
                 continue
             try:
-                image = self._image(slot, path)
+                # a source from open_source decodes inside the transform: its errors land here too
+                return self._augment(self._source(slot, path)), label
             except DECODE_ERRORS as exc:
                 self.failed.add(path)
                 log.warning(
@@ -157,8 +164,12 @@ class ImageList(Dataset):
                     len(self.failed),
                 )
                 continue
-            return self._augment(image), label
         raise RuntimeError("no image in this set can be decoded any more; rerun to scan the folder again")
+
+    def _source(self, slot: int, path: str) -> Source | Image.Image:
+        if self.store is None and self.open_source is not None:
+            return self.open_source(path)
+        return self._image(slot, path)
 
     def _image(self, slot: int, path: str) -> Image.Image:
         if self.store is not None:
@@ -170,7 +181,7 @@ class ImageList(Dataset):
             self.store.put(slot, np.asarray(image))
         return image
 
-    def _augment(self, image: Image.Image, attempts: int = 3) -> torch.Tensor:
+    def _augment(self, image: Source | Image.Image, attempts: int = 3) -> torch.Tensor:
         """timm's RandAugment posterize asks for 0 bits at full magnitude, which Pillow >= 13
         refuses with ValueError: draw the random ops again (the streams moved on, so it differs)."""
         for attempt in range(attempts):

@@ -1,5 +1,6 @@
-"""Opening an image file: the one decode the scan, the data cache, training's loaders, eval and
-predict share, and the errors a file that cannot be decoded raises.
+"""Opening an image file: the one decode the scan, the data cache, eval and predict share, the
+upright size and RGB conversion training's per-sample decode (effnet.data.sources) shares with it,
+and the errors a file that cannot be decoded raises.
 
 Separate from the dataset and the cache so that both, and the torch-free scan, import it without
 importing each other. Imports no torch.
@@ -27,15 +28,30 @@ def load_rgb(path: str, min_size: int) -> Image.Image:
     with Image.open(path) as img:
         pixels.check(img)
         img.draft("RGB", (min_size, min_size))
-        img = ImageOps.exif_transpose(img)
-        return to_8bit(img).convert("RGB")
+        return upright_rgb(img)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An opened (or drafted) file decoded as 8-bit RGB, turned upright per its EXIF orientation."""
+    return to_8bit(ImageOps.exif_transpose(img)).convert("RGB")
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image once turned upright, from its header: EXIF orientations
+    5-8 (a quarter turn, or a transpose) swap the axes."""
+    width, height = img.size
+    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        return height, width
+    return width, height
 
 
 def base_image(path: str, side: int) -> Image.Image:
-    """A training image as every epoch starts from it, cached or not (effnet.data.cache):
-    `load_rgb` (a JPEG decodes at the smallest DCT scale that keeps `side` on the short side),
-    then an image still at least twice `side` (a large PNG, a giant JPEG) reduced by an integer
-    factor, as a JPEG draft would. `side` is the short side the smallest random crop needs."""
+    """A training image as the data cache stores it (effnet.data.cache), and as every epoch with
+    a store crops it: `load_rgb` (a JPEG decodes at the smallest DCT scale that keeps `side` on
+    the short side), then an image still at least twice `side` (a large PNG, a giant JPEG)
+    reduced by an integer factor, as a JPEG draft would. `side` is the short side the smallest
+    random crop needs. Without a store, training decodes each sample at the scale its own crop
+    needs instead (effnet.data.sources.ImageFile)."""
     image = load_rgb(path, side)
     short = min(image.size)
     return image.reduce(short // side) if short >= 2 * side else image
