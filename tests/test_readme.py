@@ -73,7 +73,8 @@ DRY_RUN = ("dry_run=true", "trainer.accelerator=cpu")
 # The legacy exporter (the default, dynamo, takes ~20 s more for this tiny model; conftest's
 # onnx_bundle uses the legacy one too), no latency benchmark (~15 s), 12 calibration images.
 EXPORT_SMALL = ("exporter=torchscript", "bench.enabled=false", "calibration.images=12", "num_workers=0")
-BENCH_SMALL = (*BENCH_TINY, "dashboards.samples=0")  # tests/bench/test_task.py's tiny bench
+# tests/bench/test_task.py's tiny bench, one round (docs/speed.md shows bench.rounds=3 for a comparison)
+BENCH_SMALL = (*BENCH_TINY, "dashboards.samples=0", "bench.rounds=1")
 
 
 @dataclass(frozen=True)

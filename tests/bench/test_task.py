@@ -1,4 +1,5 @@
-"""bench.py as a user runs it: the demo with tiny settings, every measurement and comparison."""
+"""bench.py as a user runs it: the demo with tiny settings, every measurement and comparison, in 2
+rounds (effnet.bench.rounds' order and medians are tested alone in test_rounds.py)."""
 
 import json
 
@@ -38,11 +39,18 @@ MEMORY = {
 
 def test_bench_on_the_demo_measures_everything_and_writes_bench_json(tmp_path):
     out = tmp_path / "bench.json"
-    args = [*TINY_BENCH, "bench.compare=[timm,plain]", "bench.threads=[1]", f"bench.out={out}"]
+    args = [
+        *TINY_BENCH,
+        "bench.compare=[timm,plain]",
+        "bench.threads=[1]",
+        "bench.rounds=2",
+        f"bench.out={out}",
+    ]
     result = run_script("bench.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "effnet bench: mobilenetv3_small_100 @ 32 px, 16 training images" in result.stdout
     assert "bottleneck: " in result.stdout
+    assert "rounds: median (min–max) of 2, order alternating" in result.stdout
 
     bench = json.loads(out.read_text())
     assert set(bench) >= {
@@ -59,6 +67,9 @@ def test_bench_on_the_demo_measures_everything_and_writes_bench_json(tmp_path):
         "end_to_end_threads",
         "plain_loop",
         "ratios",
+        "ratios_by_round",
+        "rounds",
+        "order",
         "bottleneck",
         "wall_time_s",
     }
@@ -94,6 +105,24 @@ def test_bench_on_the_demo_measures_everything_and_writes_bench_json(tmp_path):
             "end_to_end_over_plain",
         )
     )
+    assert bench["rounds"] == 2 and bench["order"] == [
+        ["loader", "timm_loader", "end_to_end", "plain_loop"],
+        ["timm_loader", "loader", "plain_loop", "end_to_end"],
+    ]
+    for name in ("loader", "timm_loader", "end_to_end", "plain_loop"):
+        block, rounds = bench[name], bench[name]["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2] and all(r["load_avg"] is not None for r in rounds)
+        assert block["load_avgs"] == [r["load_avg"] for r in rounds]
+        cold = sorted(r["cold_images_per_sec"] for r in rounds)
+        assert block["spread"]["cold_images_per_sec"] == cold
+        assert block["cold_images_per_sec"] == round(sum(cold) / 2, 4), "the median of 2 rounds"
+    assert bench["ratios"]["loader_cold_over_timm"] == round(
+        bench["loader"]["cold_images_per_sec"] / bench["timm_loader"]["cold_images_per_sec"], 3
+    ), "the ratios are between the medians"
+    assert len(bench["ratios_by_round"]) == 2
+    assert [r["store_mb"] > 0 for r in bench["loader"]["rounds"]] == [True, True], "a fresh store each round"
+    run_dirs = [tmp_path / r["run_dir"] for r in bench["end_to_end"]["rounds"]]
+    assert [d.name for d in run_dirs] == ["train", "train-round-2"] and all(d.is_dir() for d in run_dirs)
     summary = json.loads((tmp_path / bench["end_to_end"]["run_dir"] / "summary.json").read_text())
     assert summary["num_train_images"] == 16 and summary["epochs"] == 2, (
         "end to end trained on the bench's images"

@@ -61,11 +61,22 @@ def bottleneck(result: dict) -> str:
     )
 
 
-def table_rows(result: dict) -> list[tuple[str, str, str]]:
-    """(measurement, images/s, detail) for the table."""
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
 
-    def rate(v: float | None) -> str:
-        return "-" if v is None else f"{v:,.1f}"
+
+def shown_rate(measured: dict, key: str) -> str:
+    """A block's rate: the median over rounds, with the rounds' min–max when there are several."""
+    value, spread = measured.get(key), (measured.get("spread") or {}).get(key)
+    if value is None or not spread or len(measured.get("rounds", [])) < 2:
+        return _rate(value)
+    return f"{_rate(value)} ({_rate(spread[0])}–{_rate(spread[1])})"
+
+
+def table_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(measurement, images/s, detail) for the table; a block measured in rounds shows its median
+    and the rounds' min-max."""
+    rate = _rate
 
     plan, loader = result["plan"], result["loader"]
     table = [
@@ -86,9 +97,9 @@ def table_rows(result: dict) -> list[tuple[str, str, str]]:
         cached="epochs 2+",
     ):
         """The cold row, and the cached row when more than one epoch was measured."""
-        out = [(f"{name}, {cold}", rate(measured["cold_images_per_sec"]), cold_detail)]
+        out = [(f"{name}, {cold}", shown_rate(measured, "cold_images_per_sec"), cold_detail)]
         if measured["cached_images_per_sec"] is not None:
-            out.append((f"{name}, {cached}", rate(measured["cached_images_per_sec"]), cached_detail))
+            out.append((f"{name}, {cached}", shown_rate(measured, "cached_images_per_sec"), cached_detail))
         return out
 
     table += epochs(
@@ -124,7 +135,10 @@ def table_rows(result: dict) -> list[tuple[str, str, str]]:
         table.append(
             (
                 "plain timm+torch loop",
-                rate(_best(plain)),
+                shown_rate(
+                    plain,
+                    "cached_images_per_sec" if plain.get("cached_images_per_sec") else "cold_images_per_sec",
+                ),
                 f"effnet / plain: {result['ratios']['end_to_end_over_plain']}x",
             )
         )
@@ -144,14 +158,25 @@ def table_rows(result: dict) -> list[tuple[str, str, str]]:
     return table
 
 
-def load_column(result: dict) -> dict[str, float | None]:
-    """The load average when each measurement ended, by the first word of its row."""
+def _loads(measured: dict | None) -> str | None:
+    """The load average after a block: one value, or each round's (" / " between them)."""
+    if not measured:
+        return None
+    loads = measured.get("load_avgs") or [measured.get("load_avg")]
+    if all(v is None for v in loads):
+        return None
+    return " / ".join("-" if v is None else f"{v:g}" for v in loads)
+
+
+def load_column(result: dict) -> dict[str, str | None]:
+    """The load average when each measurement ended (each round's, for a block measured in
+    rounds), by the first word of its row."""
     return {
-        "ceiling": result["ceiling"].get("load_avg"),
-        "loader": result["loader"].get("load_avg"),
-        "timm": (result.get("timm_loader") or {}).get("load_avg"),
-        "end": result["end_to_end"].get("load_avg"),
-        "plain": (result.get("plain_loop") or {}).get("load_avg"),
+        "ceiling": _loads(result["ceiling"]),
+        "loader": _loads(result["loader"]),
+        "timm": _loads(result.get("timm_loader")),
+        "end": _loads(result["end_to_end"]),
+        "plain": _loads(result.get("plain_loop")),
     }
 
 
@@ -170,15 +195,16 @@ def print_table(result: dict) -> None:
     table.add_column("detail")
     table.add_column("load avg", justify="right")
     loads = load_column(result)
-    threads = {
-        f"end to end, {t} thread(s)": r.get("load_avg") for t, r in result["end_to_end_threads"].items()
-    }
+    threads = {f"end to end, {t} thread(s)": _loads(r) for t, r in result["end_to_end_threads"].items()}
     for name, rate, detail in table_rows(result):
         load = next((v for k, v in threads.items() if name.startswith(k)), None)
         load = load if load is not None else loads.get(name.split()[0].rstrip(","))
         shown = load is not None and rate and "/" not in name
-        table.add_row(name, rate, detail, f"{load:g}" if shown else "")
+        table.add_row(name, rate, detail, load if shown else "")
     console = Console(width=max(Console().width, 120))
     console.print(table)
+    rounds = result.get("rounds", 1)
+    if rounds > 1:
+        console.print(f"rounds: median (min–max) of {rounds}, order alternating; load avg: each round's")
     console.print(f"bottleneck: {result['bottleneck']}")
     console.print(f"bench.json: {result['bench_json']}")

@@ -2,7 +2,9 @@
 
 The plan is resolved exactly as train.py resolves it, on the whole folder; the measurements
 (effnet.bench.measure) then run on a seeded subset of `bench.images` training images, one after
-another in this process, while effnet.bench.machine notes the load and the memory, and
+another in this process: the ceiling once, then `bench.rounds` rounds of the loader and end to end,
+each back to back with its reference (bench.compare) in alternating order (effnet.bench.rounds),
+then the extra thread counts once. Meanwhile effnet.bench.machine notes the load and the memory, and
 effnet.bench.report names the bottleneck and prints the table. Speeds are per process: a DDP plan
 is measured on one device with its per-device batch.
 
@@ -23,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from effnet.bench import measure, report
+from effnet.bench import rounds as bench_rounds
 from effnet.bench.machine import MemoryWatch, cpu_name, load_average
 from effnet.cli.argv import command_words
 from effnet.errors import exit_with, one_line
@@ -83,18 +86,30 @@ def bench(cfg: DictConfig, out_dir: Path) -> dict:
         plan.loading.threads,
         plan.loading.cache,
     )
-    epochs = int(bench.epochs)
+    epochs, rounds = int(bench.epochs), int(bench.rounds)
+    subjects = compared(cfg)
     result: dict[str, Any] = {}
     with MemoryWatch(cuda) as memory:
         result["ceiling"] = measure.ceiling(plan, int(bench.warmup_steps), int(bench.ceiling_steps))
     result["ceiling"].update(memory=memory.as_dict(), load_avg=load_average())
-    result["loader"] = {**measure.effnet_loader(plan, subset, epochs, cuda), "load_avg": load_average()}
-    if "timm" in compared(cfg):
-        result["timm_loader"] = {**measure.timm_loader(plan, subset, epochs), "load_avg": load_average()}
-    result["end_to_end"] = measure.end_to_end(plan, subset, scanned, out_dir / "train", epochs, None, cuda)
-    result["end_to_end"]["load_avg"] = load_average()
-    if "plain" in compared(cfg):  # right after effnet's run: the machine's load changes over minutes
-        result["plain_loop"] = {**measure.plain_loop(plan, subset, epochs), "load_avg": load_average()}
+
+    def round_dir(index: int) -> Path:
+        return out_dir / ("train" if index == 0 else f"train-round-{index + 1}")
+
+    # each round: effnet and its reference back to back, in alternating order (bench.rounds)
+    loaders: list[tuple[str, bench_rounds.Measure]] = [
+        ("loader", lambda i: measure.effnet_loader(plan, subset, epochs, cuda))
+    ]
+    if "timm" in subjects:
+        loaders.append(("timm_loader", lambda i: measure.timm_loader(plan, subset, epochs)))
+    runs: list[tuple[str, bench_rounds.Measure]] = [
+        ("end_to_end", lambda i: measure.end_to_end(plan, subset, scanned, round_dir(i), epochs, None, cuda))
+    ]
+    if "plain" in subjects:
+        runs.append(("plain_loop", lambda i: measure.plain_loop(plan, subset, epochs)))
+    measured, ran = bench_rounds.run([loaders, runs], rounds, load_average)
+    for name, per_round in measured.items():
+        result[name] = bench_rounds.summary(per_round)
     result["end_to_end_threads"] = {}
     for t in bench.threads:
         run_dir = out_dir / f"train-threads-{t}"
@@ -102,7 +117,8 @@ def bench(cfg: DictConfig, out_dir: Path) -> dict:
             **measure.end_to_end(plan, subset, scanned, run_dir, epochs, int(t), cuda),
             "load_avg": load_average(),
         }
-    result["ratios"] = report.ratios(result)
+    result["ratios"] = report.ratios(result)  # between the medians
+    result["ratios_by_round"] = [report.ratios(bench_rounds.one_round(result, i)) for i in range(rounds)]
     target = Path(str(bench.out)) if bench.out else out_dir / "bench.json"
     result = {
         "command": " ".join([*command_words(sys.argv[0]), *sys.argv[1:]]),
@@ -120,6 +136,8 @@ def bench(cfg: DictConfig, out_dir: Path) -> dict:
         "images": len(subset.train),
         "val_images": len(subset.val),
         "epochs": epochs,
+        "rounds": rounds,
+        "order": ran,
         **result,
         "timm_loader": result.get("timm_loader"),
         "plain_loop": result.get("plain_loop"),

@@ -379,6 +379,7 @@ BENCH_RULES = [
     ("bench.epochs", int_at_least(1), "an integer >= 1 (the first epoch is cold, the rest cached)", False),
     ("bench.ceiling_steps", int_at_least(1), "an integer >= 1", False),
     ("bench.warmup_steps", int_at_least(0), "an integer >= 0", False),
+    ("bench.rounds", int_at_least(1), "an integer >= 1 (3 for a comparison: the medians of 3 rounds)", False),
 ]
 BENCH_COMPARE = ("timm", "plain")
 
