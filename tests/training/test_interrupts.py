@@ -213,7 +213,7 @@ def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(data, tmp_p
     the loader workers too: they must leave the stop to the trainer, not die and take it down.
     (Every stop signal takes the same path in the workers: effnet.data.datamodule.STOP_SIGNALS.)"""
     stop = signal.SIGTERM
-    args = [f"data.root={data}", *ARGS, "data.num_workers=1", "epochs=50"]
+    args = [f"data.root={data}", *ARGS, "data.num_workers=1", "data.threads=1", "epochs=50"]
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN_PY), *args],
         cwd=tmp_path,
