@@ -18,6 +18,15 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # Every process a test starts (train.py, torchrun, a shell, a SLURM job) runs this checkout's code,
 # not the one an editable install points at (a git worktree's main).
 os.environ["PYTHONPATH"] = source_path()
+# The suite's xdist workers share the machine's cores: each worker's runs (and the processes they
+# start) take their part of them through OMP_NUM_THREADS, which data.threads=auto honours, instead of
+# every run taking all the cores and waiting on the others' threads. (Set in the workers only: the
+# controller's environment, which they inherit, stays as the user left it.)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS",
+        str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))),
+    )
 
 # The versions the header records: what decides whether the suite's result carries to another machine.
 HEADER_PACKAGES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "optuna")

@@ -159,6 +159,19 @@ def test_threads_follow_the_device_that_computes():
     assert (build([]).loading.workers, build([]).loading.threads) == (1, 2)
     p = build(["data.num_workers=0"])
     assert (p.loading.workers, p.loading.threads, p.loading.worker_nice) == (0, 2, 0)
+    capped = plan.Device(cuda=False, per_node=1, cores=16, thread_cap=4)
+    p = build([], device=capped)
+    assert ("loader", "8 worker(s), 4 thread(s) per process (OMP_NUM_THREADS), workers at nice +10") in (
+        plan.plan_rows(p)
+    )
+    assert build(["data.threads=6"], device=capped).loading.threads == 6, "an explicit count wins"
+
+
+def test_omp_num_threads_is_read_as_a_positive_count_or_not_at_all():
+    assert plan.omp_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert [plan.omp_threads(env) for env in ({}, {"OMP_NUM_THREADS": "0"}, {"OMP_NUM_THREADS": "x"})] == [
+        None
+    ] * 3
 
 
 def test_weights_come_from_the_checkpoint_on_resume():

@@ -253,6 +253,8 @@ def test_workers_get_their_cores_first_only_when_a_gpu_does_the_compute(
     assert recipes.intra_op_threads(cores, devices, workers, cuda=True) == gpu_threads
     assert recipes.intra_op_threads(cores, devices, workers, cuda=False) == cpu_threads
     assert recipes.loader_nice(cuda=True) == 0 < recipes.loader_nice(cuda=False) <= 19
+    assert recipes.intra_op_threads(cores, devices, workers, cuda=False, cap=1) == 1
+    assert recipes.intra_op_threads(cores, devices, workers, cuda=False, cap=10**3) == cpu_threads
 
 
 def test_compile_pays_only_for_a_long_cuda_run():

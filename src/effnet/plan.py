@@ -48,6 +48,7 @@ class Device:
     cores: int = 1
     memory_available: int | None = None  # host RAM free for a data.cache store, in bytes
     ram_available: int | None = None  # host RAM free for the training step itself (MemAvailable)
+    thread_cap: int | None = None  # OMP_NUM_THREADS, when set (recipes.intra_op_threads)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Loading:
     cache_reason: str = ""
     cache_bytes: int = 0  # estimated size of the store, per training process
     worker_nice: int = 0  # how much lower the loader workers' priority is (a CPU-only run's step comes first)
+    threads_capped: bool = False  # data.threads=auto was lowered to OMP_NUM_THREADS
 
 
 @dataclass(frozen=True)
@@ -420,9 +422,12 @@ def build(
         else int(cfg.data.num_workers)
     )
     threads = (
-        recipes.intra_op_threads(device.cores, devices, workers, device.cuda)
+        recipes.intra_op_threads(device.cores, devices, workers, device.cuda, device.thread_cap)
         if cfg.data.threads == "auto"
         else int(cfg.data.threads)
+    )
+    threads_capped = cfg.data.threads == "auto" and threads < recipes.intra_op_threads(
+        device.cores, devices, workers, device.cuda
     )
     store_bytes = recipes.cache_bytes(
         data.size_sample, data.train, recipes.decode_size(image_size, level["scale"][0])
@@ -480,6 +485,7 @@ def build(
             augmentation=level,
             workers=workers,
             threads=threads,
+            threads_capped=threads_capped,
             worker_nice=recipes.loader_nice(device.cuda) if workers else 0,
             pin_memory=device.cuda,
             balance=balance,
@@ -626,6 +632,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def omp_threads(environ: Mapping[str, str] = os.environ) -> int | None:
+    """OMP_NUM_THREADS as a positive integer; None when unset or not one (torch ignores those too)."""
+    try:
+        value = int(environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
 def ram_available() -> int | None:
     """Linux's MemAvailable: RAM a process can take now without swapping (psutil is not a
     dependency); None elsewhere."""
@@ -665,6 +680,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             cores=cores,
             memory_available=memory,
             ram_available=ram_available(),
+            thread_cap=omp_threads(),
         )
     import torch
 
@@ -676,6 +692,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
             cores=cores,
             memory_available=memory,
             ram_available=ram_available(),
+            thread_cap=omp_threads(),
         )
     props = torch.cuda.get_device_properties(0)
     return Device(
@@ -686,6 +703,7 @@ def probe_device(trainer_cfg: DictConfig) -> Device:
         name=str(props.name),
         cores=cores,
         memory_available=memory,
+        thread_cap=omp_threads(),
     )
 
 
@@ -878,6 +896,7 @@ def memory_rows(backbone: str, needed: bool = True) -> dict[memory.Key, memory.R
 
 def loader_row(loading: Loading) -> str:
     row = f"{loading.workers} worker(s), {loading.threads} thread(s) per process"
+    row += " (OMP_NUM_THREADS)" if loading.threads_capped else ""
     return row + (f", workers at nice +{loading.worker_nice}" if loading.worker_nice else "")
 
 

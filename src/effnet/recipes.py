@@ -299,7 +299,9 @@ def loader_workers(cores: int, devices_per_node: int) -> int:
     return max(1, min(8, cores // max(1, devices_per_node) - 1))
 
 
-def intra_op_threads(cores: int, devices_per_node: int, workers: int, cuda: bool = True) -> int:
+def intra_op_threads(
+    cores: int, devices_per_node: int, workers: int, cuda: bool = True, cap: int | None = None
+) -> int:
     """Each training process's intra-op threads.
 
     With a GPU the loader workers are the busy processes (decoding and augmenting for a step that
@@ -313,9 +315,14 @@ def intra_op_threads(cores: int, devices_per_node: int, workers: int, cuda: bool
     takes all of its share of the cores, and the workers run at a lower priority
     (`LOADER_NICE_ON_CPU`) so that they use what the step leaves rather than stall it: 1.30x
     faster at 224 px on 2 cores (BENCHMARKS.md, "Training speed").
+
+    cap: OMP_NUM_THREADS when it is set. Whoever set it knows what else shares the cores (torchrun
+    sets 1 for several processes a node, a batch system its allotment, a test runner its workers):
+    threads beyond it would compete with those processes for a core and wait on them.
     """
     share = cores // max(1, devices_per_node)
-    return max(1, share - workers if cuda else share)
+    threads = max(1, share - workers if cuda else share)
+    return min(threads, cap) if cap else threads
 
 
 # A CPU-only run's loader workers yield to the training step's threads (os.nice; 19 is the lowest

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet.data import folders, scan
+from effnet.data import folders, pixels, scan
 from effnet.data.datamodule import ImageDataModule
 from effnet.data.decode import load_rgb
 from effnet.errors import UserError
@@ -153,6 +153,7 @@ def test_training_on_a_messy_folder_completes_with_a_report(messy, tmp_path, mon
     with caplog.at_level(logging.INFO, logger="effnet"):
         summary = start_and_run(cfg, run_dir)
     assert summary["epochs_completed"] == 1
+    assert pixels.limit() == pixels.MAX_IMAGE_PIXELS, "the run's limit ends with it, not in the next run"
     report = json.loads((run_dir / scan.REPORT_FILE).read_text())
     assert {p["file"] for p in report["problems"]} == {str(p) for p in bad} | {f"{root / 'moth'}/"}
     assert report["usable"] == 22 and summary["classes"] == ["ant", "bee"]

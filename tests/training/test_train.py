@@ -219,7 +219,14 @@ def watched(tmp_path_factory) -> dict:
     finally:
         effnet_log.removeHandler(handler)
         effnet_log.setLevel(level)
-    first = {"log": logged.getvalue(), "summary": summary, "results": read_results(run_dir)}
+    # read now: the resume below writes a new best.ckpt at the same path when its epoch is better
+    best = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu", mmap=True)["epoch"]
+    first = {
+        "log": logged.getvalue(),
+        "summary": summary,
+        "results": read_results(run_dir),
+        "best_epoch": best,
+    }
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
     with open(run_dir / "results.csv", "a", newline="") as f:
         f.write("3" + ",-1" * (len(first["results"][0]) - 1) + "\r\n")
@@ -236,8 +243,7 @@ def test_monitor_val_loss_keeps_the_lowest_loss_epoch(watched):
     assert (summary["monitor"], summary["monitor_mode"], summary["best_epoch"]) == ("val/loss", "min", lowest)
     assert summary["best_monitor_value"] == pytest.approx(losses[lowest], rel=1e-5)
     assert summary["best_val_acc"] == pytest.approx(float(rows[lowest - 1]["val_top1"]), rel=1e-5)
-    best = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu", mmap=True)
-    assert best["epoch"] == lowest - 1, "best.ckpt holds the lowest-loss epoch"
+    assert watched["first"]["best_epoch"] == lowest - 1, "best.ckpt holds the lowest-loss epoch"
 
 
 def test_early_stopping_stops_the_run_and_names_the_epoch_and_the_best_value(watched):

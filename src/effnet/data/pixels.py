@@ -10,6 +10,9 @@ would print its raw DecompressionBombWarning on stderr first, at a limit of its 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from PIL import Image
 
 # conf/data/*.yaml set data.max_image_pixels to this (a test holds them equal); eval.py, predict.py
@@ -32,6 +35,18 @@ def set_limit(pixels: int) -> None:
 
 def limit() -> int:
     return _limit
+
+
+@contextlib.contextmanager
+def limited(pixels: int) -> Iterator[None]:
+    """The limit for one run, restored afterwards: a later run in the same process (a multirun's
+    next job, eval after train in a notebook) decodes at its own limit, not at this one's."""
+    before = _limit
+    set_limit(pixels)
+    try:
+        yield
+    finally:
+        set_limit(before)
 
 
 def check(image: Image.Image, max_pixels: int | None = None) -> None:

@@ -66,13 +66,17 @@ def find(begun: Start) -> dict:
     """Run the finder for the run `begun` sets up; on rank 0 write lr_find.png and lr_find.json
     into its folder and print the suggestion and the command that trains with it. Returns what
     lr_find.json holds. UserError when the loss gave no suggestion."""
+    with pixels.limited(begun.plan.records.max_image_pixels):
+        return _find(begun)
+
+
+def _find(begun: Start) -> dict:
     plan, run_dir = begun.plan, begun.run_dir
     sweep = plan.lr_find
     quiet_libraries()
     check_trainer_keys(plan.trainer)
     L.seed_everything(plan.seed, workers=True, verbose=False)
     with held_warnings():  # a torch warning about the user's weights must not precede its one line
-        pixels.set_limit(plan.records.max_image_pixels)
         torch.set_num_threads(plan.loading.threads)
         module = SweptModule(**plan.module_args(), init=plan.init)
     loader = data_module(plan, begun.split).train_dataloader()  # no validation: the finder skips it

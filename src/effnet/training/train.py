@@ -76,7 +76,8 @@ def train(begun: Start, trial: TrialRef | None = None) -> dict:
     and be pruned by."""
     run_dir = begun.run_dir
     stop = interrupts.Interrupts(run_dir / find.CHECKPOINTS / find.INTERRUPTED)
-    with stop.installed():
+    # the loaders' guard, at the scan's limit
+    with stop.installed(), pixels.limited(begun.plan.records.max_image_pixels):
         try:
             return build_and_fit(begun.plan, begun.split, begun.report, run_dir, stop, trial)
         except Exception as exc:
@@ -172,7 +173,6 @@ def build_and_fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(plan.seed, workers=True, verbose=False)
     with held_warnings():  # a torch warning about the user's weights must not precede its one line
-        pixels.set_limit(plan.records.max_image_pixels)  # the loaders' guard, at the scan's limit
         if run_names.global_rank() == 0:
             prepare_run_dir(run_dir, plan, split, report)
         torch.set_num_threads(plan.loading.threads)
