@@ -14,13 +14,15 @@ import argparse
 import collections
 import time
 
-# The steps of a cached sample, by a frame each one's stack holds.
+# The steps of a cached sample, by a frame each one's stack holds (qualified names, as py-spy
+# gives them). The light and standard levels cut and jitter tensors; heavy cuts with Pillow.
 STEPS = {
-    "crop + resize (Pillow, the box)": "InMemory.resized_crop",
-    "colour jitter (torchvision ColorJitter on PIL)": "ColorJitter.forward",
+    "crop + resize (the box, effnet.data.crop.cut)": "SourceCrop.__call__",
+    "colour jitter on the tensor (TensorJitter)": "TensorJitter.__call__",
+    "colour jitter on PIL (torchvision ColorJitter)": "ColorJitter.forward",
     "flip": "RandomHorizontalFlip.forward",
-    "to uint8 tensor": "ToTensor",
-    "store read + Image.fromarray": "ImageList._image",
+    "PIL to uint8 tensor": "pil_to_tensor",
+    "store read": "ImageList._image",
     "collate": "collate",
     "seeding": "seed_all",
 }

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 from timm.data.transforms import interp_mode_to_str, str_to_pil_interp
+from torchvision.transforms import ColorJitter
+from torchvision.transforms.v2 import functional as F
 
-from effnet.data.crop import CropThenAugment
+from effnet.data.crop import CropThenAugment, TensorJitter, cut
 from effnet.data.dataset import seed_all
 from effnet.data.decode import load_rgb
 from effnet.data.sources import ImageFile
@@ -22,11 +24,11 @@ FULL = 10**6  # load_rgb's min_size for a decode in full
 
 
 class Recording(ImageFile):
-    """The file source, keeping the box and filter it was cut with."""
+    """The file source, keeping the box it was asked for."""
 
-    def resized_crop(self, box, size, resample):
-        self.box, self.resample = box, resample
-        return super().resized_crop(box, size, resample)
+    def region(self, box, out):
+        self.box = box
+        return super().region(box, out)
 
 
 def jpeg(folder, width: int, height: int) -> str:
@@ -62,9 +64,11 @@ def test_the_crop_is_timms_draw_and_keeps_enough_pixels(tmp_path, scale, expecte
         resample = str_to_pil_interp(interp_mode_to_str(random.choice(timm_crop.interpolation)))
         after = random.random()
         seed_all(seed)
+        assert ours.crop.params((1200, 900)) == ((left, top, left + w, top + h), resample), seed
+        seed_all(seed)
         source = Recording(photo)
         ours.crop(source)
-        assert (source.box, source.resample) == ((left, top, left + w, top + h), resample), seed
+        assert source.box == (left, top, left + w, top + h), seed
         assert random.random() == after, "the ops after the crop draw what they would after timm's"
         k = 1200 // source.decoded[0]
         scales.add(k)
@@ -140,3 +144,65 @@ def test_the_photo_is_not_flat():
     """What the bounds above rely on: a flip or a shift of the photo changes it a lot."""
     pixels = np.asarray(photo_like(240, 180), float)
     assert np.abs(pixels - pixels[:, ::-1]).mean() > 20
+
+
+def test_the_tensor_jitter_is_torchvisions_bit_for_bit_on_timms_draws():
+    """TensorJitter draws what timm's ColorJitter draws and gives what torchvision's uint8 tensor
+    ops give for those draws, op by op in the drawn order; it leaves the streams where the op does."""
+    image = F.pil_to_tensor(photo_like(160, 120))
+    jitter = ColorJitter(0.4, 0.4, 0.4)
+    ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    orders = set()
+    for seed in range(12):
+        seed_all(seed)
+        order, *factors, _ = jitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, None)
+        after = torch.rand(1)
+        expected = image
+        for op in (i for i in order.tolist() if i < 3):
+            expected = ops[op](expected, factors[op])
+        orders.add(tuple(i for i in order.tolist() if i < 3))
+        seed_all(seed)
+        got = TensorJitter(jitter)(image)
+        assert torch.equal(torch.rand(1), after), seed
+        assert got.dtype == torch.uint8 and torch.equal(got, expected), seed
+        assert mean_difference(got, image) > 1, "a draw changes the image"
+    assert len(orders) >= 4, "the order is drawn too"
+    with pytest.raises(ValueError, match="hue"):
+        TensorJitter(ColorJitter(0.4, 0.4, 0.4, 0.1))
+
+
+def test_the_tensor_cut_is_pillows_up_to_rounding_and_never_a_view_of_the_store():
+    """The tensor resize uses Pillow's filters: the same box comes out within a grey level, and
+    far from a neighbouring box. A cut that resizes nothing is still a copy; a fractional box
+    (a reduced decode's) goes to Pillow and comes back a tensor."""
+    stored = np.array(photo_like(300, 200))
+    for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR):
+        pillow = F.pil_to_tensor(Image.fromarray(stored).resize((64, 48), resample, box=(40, 20, 240, 170)))
+        got = cut(stored, (40, 20, 240, 170), (64, 48), resample, tensor=True)
+        assert got.shape == (3, 48, 64) and got.dtype == torch.uint8
+        assert mean_difference(got, pillow) < 1, resample
+        shifted = cut(stored, (60, 20, 260, 170), (64, 48), resample, tensor=True)
+        assert mean_difference(shifted, pillow) > 5
+    whole = cut(stored, (0, 0, 300, 200), (300, 200), Image.Resampling.BICUBIC, tensor=True)
+    assert torch.equal(whole, torch.from_numpy(stored).permute(2, 0, 1))
+    whole.zero_()
+    assert stored.any(), "the stored pixels are untouched"
+    box = (40.5, 20.25, 240.5, 170.25)
+    pillow = Image.fromarray(stored).resize((64, 48), Image.Resampling.BICUBIC, box=box)
+    assert torch.equal(cut(stored, box, (64, 48), Image.Resampling.BICUBIC, True), F.pil_to_tensor(pillow))
+    assert cut(stored, box, (64, 48), Image.Resampling.BICUBIC, False).size == (64, 48)
+
+
+@pytest.mark.parametrize(
+    "aug,tensor",
+    [({"color_jitter": 0.0}, True), ({}, True), ({"rand_augment": "rand-m9-mstd0.5-inc1"}, False)],
+)
+def test_the_levels_without_randaugment_run_on_tensors(aug, tensor):
+    """light (flip) and standard (flip, jitter) are cut and augmented as tensors; RandAugment
+    needs PIL, so heavy stays on Pillow. Either way the output is a uint8 tensor of the size."""
+    ours = CropThenAugment.from_timm(train_transform(48, {**LEVEL, **aug}, "bicubic"))
+    assert ours.crop.tensor is tensor
+    assert any(isinstance(op, TensorJitter) for op in ours.rest.transforms) is (tensor and aug == {})
+    seed_all(0)
+    out = ours(np.array(photo_like(120, 90)))
+    assert out.dtype == torch.uint8 and out.shape == (3, 48, 48)

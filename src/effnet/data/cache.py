@@ -13,9 +13,10 @@ so an epoch after the first only crops, flips and augments.
 
 Without a store, training decodes each sample at the JPEG scale its own random crop needs
 (effnet.data.sources); from a store the crop is drawn on the stored image instead, and cut from
-it with the same one-resize op. An image neither path reduces (a JPEG under twice the output
-size, any other format under twice the decode size) gives the same pixels either way; a bigger
-one gets crops drawn from the same distribution but not the same batches. Within one data.cache
+it with the same op (effnet.data.crop.cut: for the light and standard levels a tensor resize
+of the stored array, with no copy before it). An image neither path reduces (a JPEG under twice
+the output size, any other format under twice the decode size) gives the same pixels either way;
+a bigger one gets crops drawn from the same distribution but not the same batches. Within one data.cache
 (ram and disk store the same `base_image`), an epoch's batches depend only on (seed, epoch), so
 resume stays exact.
 """
@@ -111,8 +112,10 @@ class Store:
         if self._pixels is None:
             if isinstance(self.buffer, Path):
                 size = self.buffer.stat().st_size
+                # copy-on-write: as read-only to the file as "r", but a writable array, which
+                # torch.from_numpy takes without a warning (effnet.data.crop never writes to it)
                 self._pixels = (
-                    np.memmap(self.buffer, np.uint8, "r", shape=(size,)) if size else np.empty(0, np.uint8)
+                    np.memmap(self.buffer, np.uint8, "c", shape=(size,)) if size else np.empty(0, np.uint8)
                 )
             else:
                 self._pixels = self.buffer.numpy()

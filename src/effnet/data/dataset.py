@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler, get_worker_info
 from effnet.data.cache import Store
 from effnet.data.decode import DECODE_ERRORS, load_rgb
 from effnet.data.folders import Sample
-from effnet.data.sources import Source
+from effnet.data.sources import InMemory, Source
 
 log = logging.getLogger("effnet")
 
@@ -171,11 +171,11 @@ class ImageList(Dataset):
             return self.open_source(path)
         return self._image(slot, path)
 
-    def _image(self, slot: int, path: str) -> Image.Image:
+    def _image(self, slot: int, path: str) -> Image.Image | Source:
         if self.store is not None:
             pixels = self.store.get(slot)
             if pixels is not None:
-                return Image.fromarray(pixels)  # a copy: transforms never touch the store
+                return InMemory(pixels)  # a view: the crop's cut is the first copy (effnet.data.crop)
         image = self.decode(path, self.min_decode_size)
         if self.store is not None:
             self.store.put(slot, np.asarray(image))

@@ -9,15 +9,15 @@ decoded at the largest reduction that still leaves the crop at least the output 
 axes: a crop of most of the photo decodes at 1/8, a small one at 1/2 or in full. Nothing is
 upsampled that the full decode would not upsample.
 
-A source is cut with one `Image.resize(size, resample, box=...)`, which resamples only the box
-(faster than cropping first and then resizing, and it reads the pixels just outside the box as
-the filter needs them instead of clamping at the crop's edge). Imports no torch.
+A source hands out the decoded pixels a box lies in (`region`) and the cut is made from them:
+by effnet.data.crop as a tensor op where it can, or here with one `Image.resize(size, resample,
+box=...)` (`resized_crop`), which resamples only the box and takes fractional boxes (a reduced
+decode's). Imports no torch.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
+import numpy as np
 from PIL import Image
 
 from effnet.data import pixels
@@ -28,14 +28,24 @@ Box = tuple[float, float, float, float]  # (left, top, right, bottom) in the sou
 DCT_SCALES = (8, 4, 2, 1)  # the reductions a JPEG decoder offers, largest first
 
 
-class Source(Protocol):
+Pixels = Image.Image | np.ndarray  # an RGB image, or its (height, width, 3) uint8 array
+
+
+class Source:
     """An image a crop is drawn on (`size`: full-size, upright) and then cut from."""
 
     size: tuple[int, int]  # (width, height)
 
+    def region(self, box: Box, out: tuple[int, int]) -> tuple[Pixels, Box]:
+        """The decoded pixels the crop `box` (in full-size pixels) is cut from to give `out`
+        (width, height), and the box in their pixels."""
+        raise NotImplementedError
+
     def resized_crop(self, box: Box, size: tuple[int, int], resample: int) -> Image.Image:
-        """The RGB image `size` (width, height) resampled from `box`."""
-        ...
+        """The RGB image `size` (width, height) resampled from `box` by Pillow."""
+        decoded, box = self.region(box, size)
+        image = decoded if isinstance(decoded, Image.Image) else Image.fromarray(decoded)
+        return image.resize(size, resample, box=box)
 
 
 def reduction(crop: tuple[float, float], out: tuple[int, int]) -> int:
@@ -45,23 +55,23 @@ def reduction(crop: tuple[float, float], out: tuple[int, int]) -> int:
     return next((k for k in DCT_SCALES if crop[0] >= k * out[0] and crop[1] >= k * out[1]), 1)
 
 
-class InMemory:
-    """An image already decoded: the data cache's stored image, or any PIL image handed to the
-    training transform."""
+class InMemory(Source):
+    """An image already decoded: the data cache's stored array (a view: nothing cut from it
+    writes to it), or any PIL image handed to the training transform."""
 
-    def __init__(self, image: Image.Image) -> None:
+    def __init__(self, image: Pixels) -> None:
         self.image = image
-        self.size = image.size
+        self.size = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
 
-    def resized_crop(self, box: Box, size: tuple[int, int], resample: int) -> Image.Image:
-        return self.image.resize(size, resample, box=box)
+    def region(self, box: Box, out: tuple[int, int]) -> tuple[Pixels, Box]:
+        return self.image, box
 
 
-class ImageFile:
+class ImageFile(Source):
     """An image file of which only the header is read until it is cut: its upright size, checked
     against the pixel limit (effnet.data.pixels) before anything is decoded.
 
-    `resized_crop` opens the file again and decodes it at the reduction the crop allows (JPEG and
+    `region` opens the file again and decodes it at the reduction the crop allows (JPEG and
     MPO; any other format decodes in full, k=1). Opening twice costs ~0.1 ms against a decode of
     20 ms or more, and keeps nothing open between the two: a second cut of the same sample (a
     transform that redraws, effnet.data.dataset.ImageList._augment) decodes again at the scale its
@@ -75,8 +85,8 @@ class ImageFile:
             self.size = upright_size(img)
         self.decoded: tuple[int, int] | None = None
 
-    def resized_crop(self, box: Box, size: tuple[int, int], resample: int) -> Image.Image:
-        k = reduction((box[2] - box[0], box[3] - box[1]), size)
+    def region(self, box: Box, out: tuple[int, int]) -> tuple[Pixels, Box]:
+        k = reduction((box[2] - box[0], box[3] - box[1]), out)
         with Image.open(self.path) as img:
             pixels.check(img)
             if upright_size(img) != self.size:
@@ -90,7 +100,7 @@ class ImageFile:
         self.decoded = image.size
         # The crop was drawn on the full-size image: scale its box to the decoded one. A reduced
         # decode is ceil(full / k) pixels long, so the scale is decoded / full per axis (exactly
-        # 1/k when k divides the size; otherwise under a decoded pixel off at one edge).
+        # 1/k when k divides the size; otherwise under a decoded pixel off at one edge). In full
+        # (k = 1) the box stays whole pixels.
         (w, h), (dw, dh) = self.size, image.size
-        scaled = (box[0] * dw / w, box[1] * dh / h, box[2] * dw / w, box[3] * dh / h)  # exact at the edges
-        return image.resize(size, resample, box=scaled)
+        return image, (box[0] * dw / w, box[1] * dh / h, box[2] * dw / w, box[3] * dh / h)
