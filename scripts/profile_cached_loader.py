@@ -1,11 +1,13 @@
 """Profile the cached epochs of effnet's training loader: what is left per image once the RAM store
 holds every decoded image (issue 20, item 3). Run it under py-spy, then summarise the stacks:
 
-    py-spy record --format raw -o cached.txt -- python scripts/profile_cached_loader.py DATA_ROOT
+    py-spy record --subprocesses --rate 400 --format raw -o cached.txt -- \
+        python scripts/profile_cached_loader.py DATA_ROOT
     python scripts/profile_cached_loader.py --summarize cached.txt
 
-The loader runs in this process (num_workers=0) so that py-spy sees its work; the first epoch fills
-the store and its decoding is left out of the summary.
+This process fills the store first (one epoch with num_workers=0); the cached epochs then run in
+one loader worker, as a run's do, and the summary reads only that worker's stacks: no decoding,
+and none of the main process's per-sample seeding, which a worker does not need (effnet.data.dataset.seeded).
 """
 
 from __future__ import annotations
@@ -41,24 +43,34 @@ def run(root: str, epochs: int, image_size: int, aug: str, batch: int) -> None:
     split = folders.discover(root, 0.2, 0)
     level = OmegaConf.load(CONF_DIR / "train.yaml").augment[aug]
     prep = Preprocessing(image_size, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
-    dm = ImageDataModule(split, prep, level, micro_batch=batch, num_workers=0, cache="ram")
+    filling = ImageDataModule(split, prep, level, micro_batch=batch, num_workers=0, cache="ram")
+    filling.attach_store()
+    started = time.perf_counter()
+    for index in range(len(filling.train_set)):  # every image: a loader's drop_last would skip some
+        filling.train_set[index]
+    print(f"cold epoch, fills the store: {len(split.train) / (time.perf_counter() - started):.1f} img/s")
+    dm = ImageDataModule(split, prep, level, micro_batch=batch, num_workers=1, cache="ram")
+    dm.train_set.store = filling.train_set.store  # shared memory: the worker reads the filled store
     loader = dm.train_dataloader()
-    for epoch in range(epochs + 1):
+    for epoch in range(1, epochs + 1):
         dm.train_sampler.set_epoch(epoch)
         started, seen = time.perf_counter(), 0
         for images, _ in loader:
             seen += len(images)
-        kind = "cold, fills the store" if epoch == 0 else "cached"
-        print(f"epoch {epoch} ({kind}): {seen / (time.perf_counter() - started):.1f} img/s", flush=True)
+        print(
+            f"epoch {epoch} (cached, 1 worker): {seen / (time.perf_counter() - started):.1f} img/s",
+            flush=True,
+        )
+    del loader  # end the persistent worker before the interpreter exits
 
 
 def summarize(raw: str) -> None:
-    """Shares of each step among the samples inside the cached epochs' DataLoader.__next__."""
+    """Shares of each step among the loader worker's samples (the cached epochs)."""
     rows = []
     with open(raw) as f:
         for line in f:
             stack, _, count = line.rstrip().rpartition(" ")
-            if "__next__" in stack and "base_image" not in stack:  # not the first epoch's decoding
+            if "_worker_loop" in stack:
                 rows.append(([frame.split(" (")[0] for frame in stack.split(";")], int(count)))
     total = sum(n for _, n in rows) or 1
     print(f"{total} samples in the cached epochs")
