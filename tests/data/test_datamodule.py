@@ -1,14 +1,17 @@
-"""The DataModule's loaders: uint8 batches at the image size, drop_last on train only."""
+"""The DataModule's loaders: uint8 batches at the image size, drop_last on train only; workers
+that leave stop signals to the trainer, and that still end with a script that never closes them."""
 
 import os
 import signal
+import subprocess
+import sys
 
 import torch
 
 from effnet.data import folders
 from effnet.data.datamodule import ImageDataModule
 from effnet.preprocessing import Preprocessing
-from tests.helpers import compose_cfg
+from tests.helpers import ROOT, compose_cfg, source_path
 
 
 def test_loaders_yield_uint8_at_the_image_size(flat_folder):
@@ -45,3 +48,33 @@ def test_workers_ignore_stop_signals_and_run_at_the_planned_priority(flat_folder
         priority, ignored = next(iter(loader))  # a batch of one: (niceness, ignored) tensors
         assert int(priority) == min(19, base + nice) and bool(ignored)
     assert os.nice(0) == base, "the training process keeps its priority"
+
+
+LIVE_LOADER = """
+import sys
+from effnet.data import folders
+from effnet.data.datamodule import ImageDataModule
+from effnet.preprocessing import Preprocessing
+split = folders.discover(sys.argv[1], 0.25, 0)
+prep = Preprocessing(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+level = {"scale": [0.35, 1.0], "hflip": 0.5, "color_jitter": 0.0, "rand_augment": None}
+loader = ImageDataModule(split, prep, level, micro_batch=4, num_workers=1).train_dataloader()
+batches = iter(loader)  # held to the end, as a notebook or script might
+images, _ = next(batches)  # mid-epoch: the persistent worker is alive when the script ends
+print(tuple(images.shape))
+"""
+
+
+def test_a_script_that_ends_with_a_live_loader_exits(flat_folder):
+    """multiprocessing's exit handler stops daemonic children with SIGTERM and waits for them; a
+    worker ignores SIGTERM (above), so without the DataModule's own exit handler this hangs."""
+    ended = subprocess.run(
+        [sys.executable, "-c", LIVE_LOADER, str(flat_folder)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": source_path()},
+        timeout=90,
+    )
+    assert ended.returncode == 0, ended.stderr[-2000:]
+    assert ended.stdout.strip() == "(4, 3, 32, 32)"

@@ -7,8 +7,10 @@ other module of effnet.data imports it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,24 @@ def leave_stops_to_the_trainer(worker_id: int) -> None:
     a worker whose trainer died exits on its own (PyTorch's worker watchdog)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+# Every loader with workers that this process made and still holds (weak: a loader that is
+# gone has ended its workers already).
+_LOADERS: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_live_workers() -> None:
+    """At interpreter exit, end the persistent workers of loaders still alive, as deleting the
+    loader would. multiprocessing's own exit handler stops daemonic children with SIGTERM and
+    waits for them; the workers ignore SIGTERM (leave_stops_to_the_trainer), so a script that ends
+    with a loader alive would wait forever. atexit runs this first: it is registered after
+    multiprocessing's (which torch imports before this module)."""
+    for loader in list(_LOADERS):
+        iterator = loader._iterator  # the persistent one; its shutdown is what its __del__ calls
+        if iterator is not None:
+            iterator._shutdown_workers()
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,7 @@ class ImageDataModule(L.LightningDataModule):
         return self.train_set.store
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
+        loader = DataLoader(
             dataset,
             batch_size=self.micro_batch,
             sampler=self.train_sampler if train else eval_sampler(dataset),
@@ -125,6 +145,9 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(0),
             worker_init_fn=self.worker_start if self.num_workers else None,
         )
+        if self.num_workers:
+            _LOADERS.add(loader)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         self.attach_store()
