@@ -16,9 +16,9 @@ Without a store, training decodes each sample at the JPEG scale its own random c
 it with the same op (effnet.data.crop.cut: for the light and standard levels a tensor resize
 of the stored array, with no copy before it). An image neither path reduces (a JPEG under twice
 the output size, any other format under twice the decode size) gives the same pixels either way;
-a bigger one gets crops drawn from the same distribution but not the same batches. Within one data.cache
-(ram and disk store the same `base_image`), an epoch's batches depend only on (seed, epoch), so
-resume stays exact.
+a bigger one gets crops drawn from the same distribution but not the same batches. Within one
+data.cache (ram and disk store the same `base_image`), an epoch's batches depend only on
+(seed, epoch), so resume stays exact.
 """
 
 from __future__ import annotations

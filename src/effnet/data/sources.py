@@ -44,8 +44,14 @@ class Source:
     def resized_crop(self, box: Box, size: tuple[int, int], resample: int) -> Image.Image:
         """The RGB image `size` (width, height) resampled from `box` by Pillow."""
         decoded, box = self.region(box, size)
-        image = decoded if isinstance(decoded, Image.Image) else Image.fromarray(decoded)
-        return image.resize(size, resample, box=box)
+        return pillow_cut(decoded, box, size, resample)
+
+
+def pillow_cut(pixels: Pixels, box: Box, size: tuple[int, int], resample: int) -> Image.Image:
+    """`box` of `pixels` resampled to `size` (width, height) in one Pillow resize: only the box is
+    resampled, and a fractional box (a reduced decode's) falls between pixels as it should."""
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    return image.resize(size, resample, box=box)
 
 
 def reduction(crop: tuple[float, float], out: tuple[int, int]) -> int:
